@@ -1,0 +1,151 @@
+//! The response body used by every layer that can answer on its own.
+//!
+//! A layer that short-circuits (a 429 from the rate limiter, a 403 from the tenant
+//! resolver, a 204 from the CSP report receiver) sends a small buffered body of its own;
+//! otherwise the inner service's body passes through untouched. [`ResponseBody`] is that
+//! choice, with the variants kept private so they can change without breaking users.
+
+use std::{
+    fmt,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// Either the inner service's body or a small buffered body produced by a layer.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http_body::Body as _;
+    /// use tower_rampart::body::ResponseBody;
+    ///
+    /// let body: ResponseBody<String> = ResponseBody::full("{}");
+    /// assert_eq!(body.size_hint().exact(), Some(2));
+    /// ```
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        Passthrough { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps the inner service's body; frames pass through unchanged.
+    pub fn new(body: B) -> Self {
+        Self {
+            inner: Inner::Passthrough { body },
+        }
+    }
+
+    /// A complete body of the given bytes, produced by a layer.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self {
+            inner: Inner::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// An empty body (for 204 and 304 answers).
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Full { data: None },
+        }
+    }
+}
+
+impl<B: Default> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::new(B::default())
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Passthrough { .. } => f.write_str("ResponseBody::Passthrough"),
+            Inner::Full { data } => f
+                .debug_struct("ResponseBody::Full")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().inner.project() {
+            InnerProj::Passthrough { body } => body.poll_frame(cx),
+            InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Passthrough { body } => body.is_end_stream(),
+            Inner::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Passthrough { body } => body.size_hint(),
+            Inner::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn full_body_yields_its_bytes_once() {
+        let body: ResponseBody<Full<Bytes>> = ResponseBody::full("hello");
+        assert!(!body.is_end_stream());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn empty_body_is_end_of_stream() {
+        let body: ResponseBody<Full<Bytes>> = ResponseBody::empty();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn passthrough_keeps_inner_frames() {
+        let body = ResponseBody::new(Full::new(Bytes::from_static(b"inner")));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"inner");
+        assert!(format!("{:?}", ResponseBody::<Full<Bytes>>::full("ab")).contains("len: 2"));
+    }
+}

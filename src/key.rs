@@ -1,0 +1,225 @@
+//! The one key builder for every key this crate writes to Redis or an in-process map.
+//!
+//! Keys look like `prefix:version:part:part…` (for example `himalytix:1:user:123:acme`).
+//! Each part is escaped so that a separator (`:`), a Redis Cluster hash-tag brace
+//! (`{`, `}`), `%`, whitespace, control characters and non-ASCII bytes inside a part can
+//! never change the key's structure: two different part lists always give two different
+//! keys. Keys longer than the configured maximum keep their head and replace the tail
+//! with a SHA-256 digest, so memory and Redis key sizes stay bounded whatever the input.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_rampart::key::KeyBuilder;
+//!
+//! let keys = KeyBuilder::new("himalytix");
+//! assert_eq!(keys.build(["user", "123", "acme"]), "himalytix:1:user:123:acme");
+//! assert_eq!(keys.build(["a:b"]), "himalytix:1:a%3Ab");
+//! let long = "x".repeat(10_000);
+//! assert!(keys.build([long.as_str()]).len() <= 200);
+//! ```
+
+use std::{fmt::Write as _, sync::Arc};
+
+use sha2::{Digest, Sha256};
+
+/// Default maximum key length in bytes.
+pub const DEFAULT_MAX_LEN: usize = 200;
+/// Smallest accepted maximum key length (room for a head and the digest).
+pub const MIN_MAX_LEN: usize = 64;
+/// Length of the digest suffix `#` + 43 base64url characters of SHA-256.
+const DIGEST_LEN: usize = 44;
+
+/// Builds namespaced, escaped, length-capped keys. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBuilder {
+    prefix: Arc<str>,
+    version: u32,
+    max_len: usize,
+}
+
+impl KeyBuilder {
+    /// A builder for keys starting with `prefix` (escaped like a part) and version `1`.
+    pub fn new(prefix: impl AsRef<str>) -> Self {
+        Self {
+            prefix: escape_part(prefix.as_ref()).into(),
+            version: 1,
+            max_len: DEFAULT_MAX_LEN,
+        }
+    }
+
+    /// The key-format version; bump it to make every old key unreachable at once.
+    ///
+    /// By default, `1`.
+    #[must_use]
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The longest key produced, in bytes. Longer keys are shortened with a digest.
+    ///
+    /// By default, 200; values below 64 are raised to 64.
+    #[must_use]
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len.max(MIN_MAX_LEN);
+        self
+    }
+
+    /// The escaped prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Builds `prefix:version:part:part…` from the given parts.
+    pub fn build<I>(&self, parts: I) -> String
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut key = String::with_capacity(64);
+        key.push_str(&self.prefix);
+        let _ = write!(key, ":{}", self.version);
+        for part in parts {
+            key.push(':');
+            push_escaped(&mut key, part.as_ref());
+        }
+        cap_len(key, self.max_len)
+    }
+}
+
+/// Escapes one key part: `:`, `{`, `}`, `%`, whitespace, control and non-ASCII bytes
+/// become `%XX`. The result is printable ASCII.
+///
+/// # Example
+///
+/// ```
+/// assert_eq!(tower_rampart::key::escape_part("{a}:é"), "%7Ba%7D%3A%C3%A9");
+/// ```
+pub fn escape_part(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    push_escaped(&mut out, part);
+    out
+}
+
+fn push_escaped(out: &mut String, part: &str) {
+    for b in part.bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}' | b'%') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// Caps an ASCII key at `max_len` bytes: the head is kept, the tail replaced by `#` and
+/// the base64url SHA-256 of the whole key.
+///
+/// # Example
+///
+/// ```
+/// let k = tower_rampart::key::cap_len("k".repeat(500), 100);
+/// assert_eq!(k.len(), 100);
+/// assert!(k.starts_with("kkk"));
+/// ```
+pub fn cap_len(key: String, max_len: usize) -> String {
+    let max_len = max_len.max(MIN_MAX_LEN);
+    if key.len() <= max_len {
+        return key;
+    }
+    let digest = digest(key.as_bytes());
+    // Keys from `build` are ASCII; for foreign input, back off to a char boundary.
+    let mut head = max_len - DIGEST_LEN;
+    while !key.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut out = String::with_capacity(max_len);
+    out.push_str(&key[..head]);
+    out.push('#');
+    out.push_str(&digest);
+    out
+}
+
+/// The unpadded base64url SHA-256 of `data` (43 characters).
+pub fn digest(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let hash = Sha256::digest(data);
+    let mut out = String::with_capacity(43);
+    for chunk in hash.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn builds_origin_style_keys() {
+        let k = KeyBuilder::new("himalytix").version(3);
+        assert_eq!(k.build(["user", "123"]), "himalytix:3:user:123");
+        assert_eq!(k.build(Vec::<String>::new()), "himalytix:3");
+        assert_eq!(k.prefix(), "himalytix");
+        assert_eq!(KeyBuilder::new("a:b").prefix(), "a%3Ab");
+    }
+
+    #[test]
+    fn escaping_keeps_parts_apart() {
+        let k = KeyBuilder::new("p");
+        assert_ne!(k.build(["a:b"]), k.build(["a", "b"]));
+        assert_ne!(k.build(["a%3Ab"]), k.build(["a:b"]));
+        assert_eq!(escape_part("a b\n"), "a%20b%0A");
+    }
+
+    #[test]
+    fn long_keys_are_capped_and_distinct() {
+        let k = KeyBuilder::new("p").max_len(80);
+        let a = k.build(["x".repeat(500)]);
+        let b = k.build([format!("{}y", "x".repeat(499))]);
+        assert_eq!(a.len(), 80);
+        assert_eq!(b.len(), 80);
+        assert_ne!(a, b);
+        assert_eq!(
+            KeyBuilder::new("p")
+                .max_len(1)
+                .build(["z".repeat(100)])
+                .len(),
+            MIN_MAX_LEN
+        );
+        let unicode = cap_len("é".repeat(100), 64);
+        assert!(unicode.len() <= 64);
+    }
+
+    #[test]
+    fn digest_matches_known_vector() {
+        // SHA-256("abc"), base64url without padding.
+        assert_eq!(
+            digest(b"abc"),
+            "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn keys_are_bounded_printable_and_injective(a in proptest::collection::vec("\\PC{0,40}", 0..5),
+                                                    b in proptest::collection::vec("\\PC{0,40}", 0..5)) {
+            let k = KeyBuilder::new("t").max_len(10_000);
+            let ka = k.build(&a);
+            prop_assert!(ka.bytes().all(|c| c.is_ascii_graphic()));
+            prop_assert!(!ka[2..].contains(char::from(b'{')), "no brace");
+            if a != b {
+                prop_assert_ne!(ka, k.build(&b));
+            }
+            prop_assert!(KeyBuilder::new("t").build(&a).len() <= DEFAULT_MAX_LEN);
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Composable [Tower] layers that harden an axum, hyper or tonic service in an afternoon.
+//!
+//! Each capability is one module behind one Cargo feature:
+//!
+//! | feature            | module                 | status            |
+//! |--------------------|------------------------|-------------------|
+//! | `rate-limit`       | `rate_limit`           | see the README    |
+//! | `security-headers` | `security_headers`     | see the README    |
+//! | `csp`              | `csp`                  | see the README    |
+//! | `tenant`           | `tenant`               | see the README    |
+//! | `cache`            | `cache`                | see the README    |
+//! | `profiler`         | `profiler`             | see the README    |
+//!
+//! Code shared by every layer lives here once and is reused:
+//!
+//! - [`client_ip`]: the client address behind **trusted** proxies only;
+//! - [`error`]: the one JSON error shape `{"error", "detail"}` every layer answers with;
+//! - [`key`]: the one key builder for Redis and in-process keys;
+//! - [`body`]: the response body type layers use when they answer on their own.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_rampart::client_ip::{ClientIpResolver, TrustedProxies};
+//! use http::Request;
+//!
+//! let resolver = ClientIpResolver::new(TrustedProxies::new(["10.0.0.0/8"]).unwrap());
+//! let req = Request::builder()
+//!     .header("x-forwarded-for", "203.0.113.7, 10.0.0.2")
+//!     .extension(tower_rampart::client_ip::PeerAddr("10.0.0.1:5000".parse().unwrap()))
+//!     .body(())
+//!     .unwrap();
+//! assert_eq!(resolver.resolve(&req).unwrap().addr().to_string(), "203.0.113.7");
+//! ```
+//!
+//! [Tower]: https://docs.rs/tower
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod client_ip;
+pub mod error;
+pub mod key;
