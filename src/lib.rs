@@ -16,6 +16,7 @@
 //! - [`client_ip`]: the client address behind **trusted** proxies only;
 //! - [`error`]: the one JSON error shape `{"error", "detail"}` every layer answers with;
 //! - [`key`]: the one key builder for Redis and in-process keys;
+//! - [`identity`]: the user and tenant of a request, read from extensions through traits;
 //! - [`body`]: the response body type layers use when they answer on their own.
 //!
 //! # Example
@@ -39,4 +40,5 @@
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod identity;
 pub mod key;
