@@ -35,7 +35,7 @@ use std::fmt;
 use http::Extensions;
 
 /// The authenticated principal, as the application's auth layer stores it in extensions.
-pub trait UserIdentity: Send + Sync + 'static {
+pub trait UserIdentity: Clone + Send + Sync + 'static {
     /// A stable identifier of the user (a subject, a primary key).
     fn user_id(&self) -> &str;
 
@@ -48,7 +48,7 @@ pub trait UserIdentity: Send + Sync + 'static {
 }
 
 /// The tenant a request was resolved to, as the tenant layer stores it in extensions.
-pub trait TenantIdentity: Send + Sync + 'static {
+pub trait TenantIdentity: Clone + Send + Sync + 'static {
     /// The tenant's identifier (normalised, validated).
     fn tenant_id(&self) -> &str;
 }
@@ -127,6 +127,7 @@ impl fmt::Debug for IdentityReader {
 mod tests {
     use super::*;
 
+    #[derive(Clone)]
     struct User(&'static str);
     impl UserIdentity for User {
         fn user_id(&self) -> &str {
@@ -134,6 +135,7 @@ mod tests {
         }
     }
 
+    #[derive(Clone)]
     struct Tenant(String);
     impl TenantIdentity for Tenant {
         fn tenant_id(&self) -> &str {
