@@ -19,10 +19,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut g = c.benchmark_group("client_ip");
     g.bench_function("peer_only", |b| {
-        b.iter(|| resolver.resolve(black_box(&direct)))
+        b.iter(|| resolver.resolve(black_box(&direct)));
     });
     g.bench_function("trusted_xff", |b| {
-        b.iter(|| resolver.resolve(black_box(&proxied)))
+        b.iter(|| resolver.resolve(black_box(&proxied)));
     });
     g.finish();
 }
