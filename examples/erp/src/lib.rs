@@ -1,62 +1,281 @@
 //! The tower-rampart reference ERP server.
 //!
-//! [`app`] builds the whole router so tests can call `app().oneshot(request)`; `main.rs`
-//! only reads configuration and serves. The server grows with each capability of the
-//! library; for now it answers the health probes.
+//! [`app`] builds the whole router with its layer stack so tests can call
+//! `app(state).oneshot(request)`; `main.rs` only reads configuration and serves.
+//!
+//! - [`config`]: flags, environment, TOML file;
+//! - [`db`]: SQLite or PostgreSQL through sqlx's `any` driver, embedded migrations, seed;
+//! - [`ledger`]: chart of accounts, double-entry journal, trial balance (tenant-scoped);
+//! - [`api`]: the JSON API under `/api/v1/`; [`idempotency`]: `Idempotency-Key`;
+//! - [`auth`]: bearer tokens and session cookies; [`tenant`]: tenant resolution;
+//! - [`html`]: login and dashboard; [`health`], [`metrics`], [`openapi`];
+//! - [`error`]: one JSON error shape everywhere.
 
-use axum::{Json, Router, routing::get};
-use serde_json::{Value, json};
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::Request,
+    http::{HeaderName, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod html;
+pub mod idempotency;
+pub mod ledger;
+pub mod metrics;
+pub mod openapi;
+pub mod tenant;
+
+pub use config::Config;
+pub use db::Db;
+
+use error::ApiError;
+
+/// Called after a journal entry is posted, with the tenant: the hook where the response
+/// cache's tag invalidation (`trial-balance:{tenant}`) plugs in.
+pub type PostedHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct Inner {
+    config: Config,
+    db: Db,
+    jwt: auth::JwtKeys,
+    dummy_hash: String,
+    redoc: Option<Bytes>,
+    on_posted: Option<PostedHook>,
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.0.config)
+            .field("backend", &self.0.db.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over a connected (migrated) database.
+    ///
+    /// # Errors
+    ///
+    /// The dummy password hash cannot be computed (invalid Argon2 parameters).
+    pub fn new(config: Config, db: Db) -> Result<Self, argon2::password_hash::Error> {
+        let dummy_hash = db::hash_password("not-a-real-password", config.password_cost)?;
+        let jwt = auth::JwtKeys::new(config.jwt_secret.as_bytes());
+        Ok(Self(Arc::new(Inner {
+            config,
+            db,
+            jwt,
+            dummy_hash,
+            redoc: None,
+            on_posted: None,
+        })))
+    }
+
+    /// Connects, migrates and seeds the database of `config`; returns the state and the
+    /// demo password when one was generated (print it once).
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be opened, migrated or seeded.
+    pub async fn connect(
+        config: Config,
+    ) -> Result<(Self, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
+        let db = Db::connect(&config.database_url).await?;
+        db.migrate().await?;
+        let generated = db
+            .seed(config.demo_password.as_deref(), config.password_cost)
+            .await?;
+        let state = Self::new(config, db).map_err(|e| format!("password hashing: {e}"))?;
+        Ok((state, generated))
+    }
+
+    /// Serves this ReDoc bundle at `/api/redoc/redoc.standalone.js`.
+    #[must_use]
+    pub fn with_redoc_bundle(self, bundle: Option<Bytes>) -> Self {
+        self.map_inner(|i| i.redoc = bundle)
+    }
+
+    /// Calls `hook(tenant)` after every posted entry (cache invalidation).
+    #[must_use]
+    pub fn on_entry_posted(self, hook: PostedHook) -> Self {
+        self.map_inner(|i| i.on_posted = Some(hook))
+    }
+
+    fn map_inner(self, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|arc| Inner {
+            config: arc.config.clone(),
+            db: arc.db.clone(),
+            jwt: arc.jwt.clone(),
+            dummy_hash: arc.dummy_hash.clone(),
+            redoc: arc.redoc.clone(),
+            on_posted: arc.on_posted.clone(),
+        });
+        f(&mut inner);
+        Self(Arc::new(inner))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.0.db
+    }
+
+    /// The token keys.
+    pub fn jwt(&self) -> &auth::JwtKeys {
+        &self.0.jwt
+    }
+
+    /// A hash verified when the user does not exist (constant-time-ish login).
+    pub fn dummy_hash(&self) -> &str {
+        &self.0.dummy_hash
+    }
+
+    /// The ReDoc bundle, when installed.
+    pub fn redoc_bundle(&self) -> Option<&Bytes> {
+        self.0.redoc.as_ref()
+    }
+
+    /// Runs the posted-entry hook.
+    pub fn entry_posted(&self, tenant: &str) {
+        if let Some(h) = &self.0.on_posted {
+            h(tenant);
+        }
+    }
+}
+
+/// The `API-Version` response header.
+pub const API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version");
 
 /// Builds the ERP router with its layer stack.
-pub fn app() -> Router {
-    Router::new()
-        .route("/health/", get(health))
-        .route("/health/live/", get(live))
+///
+/// The stack is declared once, outermost first. Slots marked `[library]` are where the
+/// tower-rampart layers go as they land; everything else is in place.
+pub fn app(state: AppState) -> Router {
+    let config = state.config().clone();
+    let routes = Router::new()
+        .route("/health/", get(health::health))
+        .route("/health/live/", get(health::live))
+        .route("/health/ready/", get(health::ready))
+        .route("/metrics", get(metrics::render))
+        .nest("/api/v1", api::router())
+        .merge(openapi::router())
+        .merge(html::router())
+        .fallback(fallback)
+        .with_state(state.clone());
+
+    // Make sure the recorder exists before the first request records anything.
+    let _ = metrics::handle();
+
+    routes.layer(
+        ServiceBuilder::new()
+            // 1. Request id: first, so every log line and every layer below sees it,
+            //    and the response carries it back (`x-request-id`).
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            // 2. Trace: one span per request, including the request id.
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            }))
+            // A panic anywhere below becomes a JSON 500 instead of a dropped connection.
+            .layer(CatchPanicLayer::custom(panic_response))
+            // Request counters and latency histograms for /metrics.
+            .layer(middleware::from_fn(metrics::track))
+            // `API-Version: 1` on every /api/v1/ response, errors of outer layers included.
+            .layer(middleware::from_fn(api_version))
+            // 3. [library] Security headers + CSP with a per-request nonce
+            //    (`html::CspNonce` is what the dashboard reads).
+            // Authentication (this crate): before the rate limiter and the tenant layer,
+            // which read the user through `tower_rampart::identity::UserIdentity`.
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ))
+            // 4. [library] Rate limit: API 100/hour per user, login 5/minute per client IP,
+            //    admin 50/hour per user, health exempt (policies in rampart-erp.toml).
+            // 5. Tenant: X-Tenant-ID or {tenant}.localhost, must match the user's tenant.
+            //    [library] replace with the tenant layer (same rules, cached store).
+            .layer(middleware::from_fn_with_state(state, tenant::resolve))
+            // 6. [library] Profiler (`/_profiler/` behind `auth::require_admin`).
+            // 7. [library] Response cache for GET /api/v1/reports/trial-balance, tag
+            //    `trial-balance:{tenant}` invalidated through `AppState::on_entry_posted`.
+            // 8. Compression (gzip) of everything above the size threshold.
+            .layer(CompressionLayer::new())
+            // Error responses produced below without a JSON body (405, 408, 413) get one.
+            .layer(middleware::map_response(
+                error::jsonify::<tower_http::limit::ResponseBody<axum::body::Body>>,
+            ))
+            // 9. Body-size limit: 413 before a large body is read (above the timeout, whose
+            //    408 needs a body type with a default).
+            .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+            // 10. Timeout of the whole request.
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                config.request_timeout,
+            )),
+    )
 }
 
-/// `GET /health/`: the process is up.
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
-}
-
-/// `GET /health/live/`: liveness, no dependency checked.
-async fn live() -> Json<Value> {
-    Json(json!({"status": "alive"}))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn liveness_answers_json() {
-        let res = app()
-            .oneshot(
-                axum::http::Request::get("/health/live/")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["status"], "alive");
+async fn api_version(req: Request, next: Next) -> Response {
+    let is_api = req.uri().path().starts_with("/api/v1/") || req.uri().path() == "/api/v1";
+    let mut res = next.run(req).await;
+    if is_api {
+        res.headers_mut()
+            .insert(API_VERSION_HEADER, HeaderValue::from_static(api::VERSION));
     }
+    res
+}
 
-    #[tokio::test]
-    async fn unknown_route_is_404() {
-        let res = app()
-            .oneshot(
-                axum::http::Request::get("/nope")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 404);
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal(&"a handler panicked").into_response()
+}
+
+/// Anything unrouted: an unknown API version, or an unknown page.
+async fn fallback(req: Request) -> ApiError {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/api/") {
+        let version = rest.split('/').next().unwrap_or("");
+        if version.len() > 1
+            && version.starts_with('v')
+            && version[1..].bytes().all(|b| b.is_ascii_digit())
+            && version != "v1"
+        {
+            return ApiError::not_found(format!(
+                "Unknown API version `{version}`; this server supports v1 (/api/v1/)."
+            ));
+        }
     }
+    ApiError::not_found(format!("No route for {path}."))
 }

@@ -1,0 +1,471 @@
+//! Authentication: bearer tokens (API) and session cookies (HTML), both HS256 JWTs.
+//!
+//! [`authenticate`] runs early in the stack (before the rate limiter and the tenant
+//! layer, which read the user through [`tower_rampart::identity::UserIdentity`]): it
+//! verifies the `Authorization: Bearer` token or the session cookie and inserts the
+//! [`Principal`] into the request extensions. Handlers that need a user take
+//! [`Principal`] as an extractor (401 JSON without one).
+//!
+//! CSRF: the session cookie is `HttpOnly; SameSite=Strict`, and every unsafe request
+//! authenticated by the cookie must also come from the server's own origin (`Origin`,
+//! or `Sec-Fetch-Site` when there is no `Origin`), else 403.
+
+use std::sync::Arc;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderMap, HeaderValue, Method, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tower_rampart::identity::UserIdentity;
+use utoipa::ToSchema;
+
+use crate::{AppState, error::ApiError};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "rampart_session";
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Manages the chart of accounts; sees the profiler.
+    Admin,
+    /// Posts and reads journal entries.
+    User,
+}
+
+impl Role {
+    /// `"admin"` or `"user"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+}
+
+/// How the request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// The session cookie.
+    Session,
+}
+
+/// The authenticated user, in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user's id (UUID).
+    pub user_id: String,
+    /// The user's name, unique within the tenant.
+    pub username: String,
+    /// The tenant the user belongs to.
+    pub tenant: String,
+    /// The user's role.
+    pub role: Role,
+    /// Bearer token or session cookie.
+    pub method: AuthMethod,
+}
+
+impl UserIdentity for Principal {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    fn tenant_id(&self) -> Option<&str> {
+        Some(&self.tenant)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
+            ApiError::unauthorized(
+                "Authentication required: send `Authorization: Bearer <token>` (POST /api/v1/auth/token) or log in at /accounts/login/.",
+            )
+        })
+    }
+}
+
+/// A [`Principal`] with the admin role (403 JSON for other users).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let p = Principal::from_request_parts(parts, state).await?;
+        if p.role == Role::Admin {
+            Ok(Self(p))
+        } else {
+            Err(ApiError::forbidden("This action needs the admin role."))
+        }
+    }
+}
+
+/// Token claims: user, tenant, role, audience (`api` or `session`), expiry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user's id.
+    pub sub: String,
+    /// The user's name.
+    pub username: String,
+    /// The tenant.
+    pub tenant: String,
+    /// `admin` or `user`.
+    pub role: String,
+    /// `api` for bearer tokens, `session` for the cookie.
+    pub aud: String,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Expires at (Unix seconds).
+    pub exp: u64,
+}
+
+/// The HS256 keys, built once from the configured secret.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: Arc<EncodingKey>,
+    decoding: Arc<DecodingKey>,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKeys(<redacted>)")
+    }
+}
+
+impl JwtKeys {
+    /// Keys from a secret.
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            encoding: Arc::new(EncodingKey::from_secret(secret)),
+            decoding: Arc::new(DecodingKey::from_secret(secret)),
+        }
+    }
+
+    /// Signs claims for a user.
+    ///
+    /// # Errors
+    ///
+    /// Signing failed (not with HS256 and a valid key).
+    pub fn issue(
+        &self,
+        user: &VerifiedUser,
+        aud: &str,
+        ttl: std::time::Duration,
+    ) -> Result<String, ApiError> {
+        let now = crate::db::unix_now();
+        let claims = Claims {
+            sub: user.id.clone(),
+            username: user.username.clone(),
+            tenant: user.tenant.clone(),
+            role: user.role.as_str().to_owned(),
+            aud: aud.to_owned(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::internal(&e))
+    }
+
+    /// Verifies a token for an audience; `None` when invalid or expired.
+    pub fn verify(&self, token: &str, aud: &str) -> Option<Claims> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[aud]);
+        v.leeway = 5;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
+            .ok()
+            .map(|d| d.claims)
+    }
+}
+
+/// A user whose password was checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedUser {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub username: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Checks a tenant, user name and password against the database (Argon2, in a blocking
+/// thread). Unknown users cost as much as wrong passwords.
+///
+/// # Errors
+///
+/// Database failure (500); wrong credentials are `Ok(None)`.
+pub async fn verify_credentials(
+    state: &AppState,
+    tenant: &str,
+    username: &str,
+    password: &str,
+) -> Result<Option<VerifiedUser>, ApiError> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT id, password_hash, role FROM users WHERE tenant_id = $1 AND username = $2",
+    )
+    .bind(tenant)
+    .bind(username)
+    .fetch_optional(state.db().pool())
+    .await?;
+    let (id, hash, role) = match &row {
+        Some(r) => (
+            Some(r.try_get::<String, _>("id")?),
+            r.try_get::<String, _>("password_hash")?,
+            r.try_get::<String, _>("role")?,
+        ),
+        None => (None, state.dummy_hash().to_owned(), String::new()),
+    };
+    let password = password.to_owned();
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    match (ok, id, Role::parse(&role)) {
+        (true, Some(id), Some(role)) => Ok(Some(VerifiedUser {
+            id,
+            username: username.to_owned(),
+            tenant: tenant.to_owned(),
+            role,
+        })),
+        _ => Ok(None),
+    }
+}
+
+fn principal_from(claims: Claims, method: AuthMethod) -> Option<Principal> {
+    Some(Principal {
+        role: Role::parse(&claims.role)?,
+        user_id: claims.sub,
+        username: claims.username,
+        tenant: claims.tenant,
+        method,
+    })
+}
+
+/// Reads a cookie from the `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The `Set-Cookie` value of a session, or of its removal when `token` is `None`.
+pub fn session_cookie(token: Option<&str>, max_age: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let v = match token {
+        Some(t) => {
+            format!(
+                "{SESSION_COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+            )
+        }
+        None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    };
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether a request comes from the server's own origin, as far as the browser says:
+/// `Origin` (when present) must name the `Host`; without `Origin`, `Sec-Fetch-Site`
+/// (when present) must be `same-origin` or `none`. Requests with neither header are
+/// not from a browser page and pass.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+            return false;
+        };
+        let authority = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        return authority.is_some_and(|a| a.eq_ignore_ascii_case(host));
+    }
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some(site) => matches!(site, "same-origin" | "none"),
+        None => true,
+    }
+}
+
+fn is_unsafe(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Middleware: authenticates the bearer token or the session cookie and inserts the
+/// [`Principal`]. A malformed or invalid bearer token is a 401; an invalid cookie is
+/// ignored (the request is anonymous); a cross-origin unsafe request carrying the
+/// cookie is a 403.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let principal = if let Some(authz) = headers.get(header::AUTHORIZATION) {
+        let token = authz
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(token) = token else {
+            return bearer_error("The Authorization header must be `Bearer <token>`.");
+        };
+        match state
+            .jwt()
+            .verify(token, "api")
+            .and_then(|c| principal_from(c, AuthMethod::Bearer))
+        {
+            Some(p) => Some(p),
+            None => {
+                return bearer_error(
+                    "The bearer token is invalid or expired; get a new one from POST /api/v1/auth/token.",
+                );
+            }
+        }
+    } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
+        let p = state
+            .jwt()
+            .verify(token, "session")
+            .and_then(|c| principal_from(c, AuthMethod::Session));
+        if p.is_some() && is_unsafe(req.method()) && !same_origin(headers) {
+            return ApiError::forbidden(
+                "Cross-origin request refused (CSRF protection): the session cookie is only accepted from this site's own pages.",
+            )
+            .into_response();
+        }
+        p
+    } else {
+        None
+    };
+    if let Some(p) = principal {
+        req.extensions_mut().insert(p);
+    }
+    next.run(req).await
+}
+
+fn bearer_error(detail: &str) -> Response {
+    let mut res = ApiError::unauthorized(detail).into_response();
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    res
+}
+
+/// Middleware for admin-only areas (the profiler UI, for example): 401 without a user,
+/// 403 for a user who is not an admin.
+pub async fn require_admin(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Principal>() {
+        None => ApiError::unauthorized("Authentication required.").into_response(),
+        Some(p) if p.role != Role::Admin => {
+            ApiError::forbidden("This area is for administrators only.").into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn same_origin_rules() {
+        assert!(same_origin(&headers(&[])));
+        assert!(same_origin(&headers(&[
+            ("host", "acme.localhost:8080"),
+            ("origin", "http://acme.localhost:8080")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "acme.localhost:8080"),
+            ("origin", "http://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[("origin", "http://x")])));
+        assert!(!same_origin(&headers(&[("host", "x"), ("origin", "null")])));
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
+    }
+
+    #[test]
+    fn cookies_parse_and_render() {
+        let h = headers(&[("cookie", "a=1; rampart_session=tok"), ("cookie", "b=2")]);
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "c"), None);
+        let set = session_cookie(Some("t"), 60, true);
+        let s = set.to_str().unwrap();
+        assert!(s.contains("HttpOnly") && s.contains("SameSite=Strict") && s.contains("Secure"));
+        assert!(
+            session_cookie(None, 0, false)
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
+    }
+
+    #[test]
+    fn tokens_are_bound_to_audience_and_secret() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
+        let user = VerifiedUser {
+            id: "u1".into(),
+            username: "admin".into(),
+            tenant: "acme".into(),
+            role: Role::Admin,
+        };
+        let t = keys
+            .issue(&user, "api", std::time::Duration::from_secs(60))
+            .unwrap();
+        let c = keys.verify(&t, "api").unwrap();
+        assert_eq!((c.sub.as_str(), c.tenant.as_str()), ("u1", "acme"));
+        assert!(keys.verify(&t, "session").is_none());
+        assert!(
+            JwtKeys::new(b"another-secret-another-secret-xx")
+                .verify(&t, "api")
+                .is_none()
+        );
+        let p = principal_from(c, AuthMethod::Bearer).unwrap();
+        assert_eq!(p.user_id(), "u1");
+        assert_eq!(UserIdentity::tenant_id(&p), Some("acme"));
+        assert_eq!(Role::User.as_str(), "user");
+    }
+}

@@ -1,0 +1,134 @@
+//! OpenAPI: the document at `/api/schema/`, Swagger UI at `/api/docs/`, ReDoc at
+//! `/api/redoc/`. Every asset is served by this server: Swagger UI from the
+//! `utoipa-swagger-ui` crate (`vendored`), the ReDoc bundle from the `redoc` npm package
+//! fetched once by `examples/erp/scripts/fetch-redoc.sh` (or `RAMPART_REDOC_JS`).
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_redoc::{Redoc, Servable};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{AppState, api, error::ApiError, health, metrics};
+
+/// The OpenAPI document of the server.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rampart-erp",
+        description = "The tower-rampart reference ERP: chart of accounts, double-entry journal, trial balance. \
+                       Every error is JSON `{\"error\", \"detail\"}`. Responses under /api/v1/ carry `API-Version: 1`.",
+    ),
+    paths(
+        api::token, api::me,
+        api::list_accounts, api::create_account, api::get_account,
+        api::list_entries, api::create_entry, api::get_entry, api::reverse_entry,
+        api::trial_balance,
+        health::health, health::live, health::ready, metrics::render,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Tokens and the current user"),
+        (name = "accounts", description = "Chart of accounts"),
+        (name = "journal", description = "Double-entry journal"),
+        (name = "reports", description = "Reports"),
+        (name = "health", description = "Probes and metrics"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("POST /api/v1/auth/token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Where the ReDoc bundle is looked for when `RAMPART_REDOC_JS` is not set.
+pub const REDOC_BUNDLE_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/vendor/redoc.standalone.js"
+);
+
+/// Reads the ReDoc bundle from `RAMPART_REDOC_JS` or [`REDOC_BUNDLE_PATH`].
+pub fn load_redoc_bundle(env_path: Option<String>) -> Option<Bytes> {
+    let path = env_path.unwrap_or_else(|| REDOC_BUNDLE_PATH.to_owned());
+    match std::fs::read(&path) {
+        Ok(b) => Some(Bytes::from(b)),
+        Err(e) => {
+            tracing::warn!(
+                path,
+                error = %e,
+                "ReDoc bundle not found: /api/redoc/ will not render; run examples/erp/scripts/fetch-redoc.sh"
+            );
+            None
+        }
+    }
+}
+
+const REDOC_HTML: &str = r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>rampart-erp API · ReDoc</title>
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <style>body { margin: 0; padding: 0; }</style>
+</head>
+<body>
+  <div id="redoc-container"></div>
+  <script src="/api/redoc/redoc.standalone.js"></script>
+  <script>
+    Redoc.init($spec, $config, document.getElementById("redoc-container"));
+  </script>
+</body>
+</html>
+"#;
+
+/// The documentation routes.
+pub fn router() -> Router<AppState> {
+    let doc = ApiDoc::openapi();
+    Router::new()
+        .merge(SwaggerUi::new("/api/docs").url("/api/schema/", doc.clone()))
+        .merge(Redoc::with_url("/api/redoc/", doc).custom_html(REDOC_HTML))
+        .route("/api/redoc/redoc.standalone.js", get(redoc_bundle))
+}
+
+async fn redoc_bundle(State(state): State<AppState>) -> Response {
+    match state.redoc_bundle() {
+        Some(b) => (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
+            b.clone(),
+        )
+            .into_response(),
+        None => ApiError::not_found(
+            "The ReDoc bundle is not installed: run examples/erp/scripts/fetch-redoc.sh (npm package `redoc`) or set RAMPART_REDOC_JS.",
+        )
+        .into_response(),
+    }
+}

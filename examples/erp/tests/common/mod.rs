@@ -1,0 +1,484 @@
+//! Shared test helpers: an app over a fresh database, request helpers, and the
+//! database-independent suites run on SQLite and on PostgreSQL.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, Method, Request, StatusCode},
+};
+use http_body_util::BodyExt;
+use rampart_erp::{AppState, Config, app};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub const PASSWORD: &str = "demo-password";
+
+pub struct TestApp {
+    pub state: AppState,
+    pub router: Router,
+}
+
+pub struct Res {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Res {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}), status {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the JSON error shape and returns the body.
+    pub fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(
+            self.headers["content-type"], "application/json",
+            "error responses are JSON"
+        );
+        let v = self.json();
+        assert!(v["error"].is_string(), "{v}");
+        assert!(v["detail"].is_string(), "{v}");
+        v
+    }
+}
+
+impl TestApp {
+    pub async fn sqlite() -> Self {
+        Self::with_config(Config::for_tests("sqlite::memory:")).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let (state, generated) = AppState::connect(config).await.expect("connect");
+        assert!(generated.is_none(), "the test password is configured");
+        let router = app(state.clone());
+        Self { state, router }
+    }
+
+    pub fn rebuild(&mut self) {
+        self.router = app(self.state.clone());
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Res {
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        Res {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Res {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(v) => b
+                .header("content-type", "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        self.send(req).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Res {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Res {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn token(&self, tenant: &str, username: &str) -> String {
+        let res = self
+            .call(
+                Method::POST,
+                "/api/v1/auth/token",
+                None,
+                Some(json!({"tenant": tenant, "username": username, "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        res.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// `code -> id` of a tenant's accounts.
+    pub async fn account_id(&self, token: &str, code: &str) -> String {
+        let res = self.get("/api/v1/accounts?limit=200", token).await;
+        assert_eq!(res.status, 200);
+        res.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["code"] == code)
+            .unwrap_or_else(|| panic!("no account {code}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn post_entry(&self, token: &str, debit: &str, credit: &str, amount: i64) -> Res {
+        let body = json!({
+            "date": "2026-01-15",
+            "description": "Test entry",
+            "lines": [
+                {"account_id": debit, "debit": amount, "memo": "d"},
+                {"account_id": credit, "credit": amount}
+            ]
+        });
+        self.post("/api/v1/journal-entries", token, body).await
+    }
+}
+
+/// The journal-entry life cycle: post, read, list, trial balance, reverse.
+pub async fn ledger_suite(t: &TestApp) {
+    let tok = t.token("acme", "user").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+
+    let res = t.post_entry(&tok, &cash, &sales, 12_345).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let entry = res.json();
+    let id = entry["id"].as_str().unwrap().to_owned();
+    assert_eq!(entry["total"], 12_345);
+    assert_eq!(entry["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(entry["lines"][0]["account_code"], "1000");
+    assert_eq!(entry["lines"][0]["debit"], 12_345);
+    assert_eq!(entry["lines"][0]["credit"], 0);
+    assert_eq!(entry["lines"][0]["memo"], "d");
+    assert_eq!(entry["lines"][1]["memo"], Value::Null);
+
+    let got = t.get(&format!("/api/v1/journal-entries/{id}"), &tok).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["id"], id.as_str());
+
+    let list = t.get("/api/v1/journal-entries", &tok).await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["lines"].as_array().unwrap().len(), 2);
+
+    let tb = t.get("/api/v1/reports/trial-balance", &tok).await.json();
+    assert_eq!(tb["total_debit"], 12_345);
+    assert_eq!(tb["total_credit"], 12_345);
+    assert_eq!(tb["balanced"], true);
+    let row = |tb: &Value, code: &str| {
+        tb["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["code"] == code)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row(&tb, "1000")["balance"], 12_345);
+    assert_eq!(row(&tb, "4000")["balance"], -12_345);
+    assert_eq!(row(&tb, "5000")["balance"], 0);
+
+    // Unbalanced: nothing is written.
+    let bad = t
+        .post(
+            "/api/v1/journal-entries",
+            &tok,
+            json!({"date": "2026-01-15", "description": "x", "lines": [
+                {"account_id": cash, "debit": 100}, {"account_id": sales, "credit": 99}]}),
+        )
+        .await;
+    assert_eq!(bad.error(422)["debits"], 100);
+    // An account that does not exist: rolled back, nothing written.
+    let ghost = t
+        .post(
+            "/api/v1/journal-entries",
+            &tok,
+            json!({"date": "2026-01-15", "description": "x", "lines": [
+                {"account_id": cash, "debit": 100},
+                {"account_id": "00000000-0000-4000-8000-000000000000", "credit": 100}]}),
+        )
+        .await;
+    ghost.error(422);
+    let list = t.get("/api/v1/journal-entries", &tok).await.json();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "nothing partial"
+    );
+
+    // Reversal: swapped lines, linked both ways, at most once.
+    let rev = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/journal-entries/{id}/reverse"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(rev.status, 201, "{}", rev.text());
+    let rev = rev.json();
+    assert_eq!(rev["reverses_id"], id.as_str());
+    assert_eq!(rev["lines"][0]["credit"], 12_345);
+    assert_eq!(rev["lines"][1]["debit"], 12_345);
+    assert_eq!(rev["description"], "Reversal of Test entry");
+    let orig = t
+        .get(&format!("/api/v1/journal-entries/{id}"), &tok)
+        .await
+        .json();
+    assert_eq!(orig["reversed_by"], rev["id"]);
+    let again = t
+        .post(
+            &format!("/api/v1/journal-entries/{id}/reverse"),
+            &tok,
+            json!({"date": "2026-02-01"}),
+        )
+        .await;
+    again.error(409);
+    let tb = t.get("/api/v1/reports/trial-balance", &tok).await.json();
+    assert_eq!(row(&tb, "1000")["balance"], 0);
+    assert_eq!(tb["total_debit"], 24_690);
+
+    // Accounts: admins create, codes are unique per tenant.
+    let admin = t.token("acme", "admin").await;
+    let created = t
+        .post(
+            "/api/v1/accounts",
+            &admin,
+            json!({"code": "1200", "name": "Inventory", "type": "asset"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let acc = created.json();
+    assert_eq!(acc["type"], "asset");
+    let got = t
+        .get(
+            &format!("/api/v1/accounts/{}", acc["id"].as_str().unwrap()),
+            &tok,
+        )
+        .await;
+    assert_eq!(got.json()["name"], "Inventory");
+    t.post(
+        "/api/v1/accounts",
+        &admin,
+        json!({"code": "1200", "name": "Dup", "type": "asset"}),
+    )
+    .await
+    .error(409);
+    // The same code in another tenant is fine.
+    let gadmin = t.token("globex", "admin").await;
+    let other = t
+        .post(
+            "/api/v1/accounts",
+            &gadmin,
+            json!({"code": "1200", "name": "Inventory", "type": "asset"}),
+        )
+        .await;
+    assert_eq!(other.status, 201);
+}
+
+/// `Idempotency-Key`: replay, mismatch, in flight.
+pub async fn idempotency_suite(t: &TestApp) {
+    let tok = t.token("acme", "user").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let rent = t.account_id(&tok, "5000").await;
+    let body = json!({"date": "2026-03-01", "description": "Rent", "lines": [
+        {"account_id": rent, "debit": 50_000}, {"account_id": cash, "credit": 50_000}]});
+    let req = |key: &str, body: &Value| {
+        Request::post("/api/v1/journal-entries")
+            .header("authorization", format!("Bearer {tok}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let first = t.send(req("key-1", &body)).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    // Same key, same body (keys reordered): the same response, nothing new posted.
+    let reordered: Value = serde_json::from_str(&format!(
+        r#"{{"lines": {}, "description": "Rent", "date": "2026-03-01"}}"#,
+        body["lines"]
+    ))
+    .unwrap();
+    let replay = t.send(req("key-1", &reordered)).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.json(), first.json());
+    let list = t.get("/api/v1/journal-entries", &tok).await.json();
+    let rents = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["description"] == "Rent")
+        .count();
+    assert_eq!(rents, 1, "replay posted nothing");
+    // Same key, different body: 422.
+    let mut other = body.clone();
+    other["description"] = json!("Other");
+    t.send(req("key-1", &other)).await.error(422);
+    // A validation error is stored and replayed too.
+    let mut bad = body.clone();
+    bad["lines"][0]["debit"] = json!(1);
+    let e1 = t.send(req("key-bad", &bad)).await;
+    e1.error(422);
+    let e2 = t.send(req("key-bad", &bad)).await;
+    assert_eq!(e2.headers["idempotent-replayed"], "true");
+    assert_eq!(e2.json(), e1.json());
+    // The key is per user: another user may use the same key.
+    let admin = t.token("acme", "admin").await;
+    let res = t
+        .send(
+            Request::post("/api/v1/journal-entries")
+                .header("authorization", format!("Bearer {admin}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", "key-1")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(res.status, 201);
+    assert!(!res.headers.contains_key("idempotent-replayed"));
+    // In flight: a key recorded but not finished answers 409.
+    let me = t.get("/api/v1/users/me", &tok).await.json();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, user_id, idem_key, fingerprint, state, created_at)
+         VALUES ($1, $2, $3, $4, 'in_flight', $5)",
+    )
+    .bind("acme")
+    .bind(me["id"].as_str().unwrap())
+    .bind("key-busy")
+    .bind(rampart_erp::idempotency::fingerprint(
+        "POST",
+        "/api/v1/journal-entries",
+        &body,
+    ))
+    .bind(rampart_erp::db::now_rfc3339())
+    .execute(t.state.db().pool())
+    .await
+    .unwrap();
+    t.send(req("key-busy", &body)).await.error(409);
+    // Malformed key: 400.
+    t.send(req("has space", &body)).await.error(400);
+}
+
+/// A user of `acme` reaches no `globex` data through any endpoint.
+pub async fn isolation_suite(t: &TestApp) {
+    let g = t.token("globex", "admin").await;
+    let g_cash = t.account_id(&g, "1000").await;
+    let g_sales = t.account_id(&g, "4000").await;
+    let g_entry = t.post_entry(&g, &g_cash, &g_sales, 777).await.json();
+    let g_entry_id = g_entry["id"].as_str().unwrap().to_owned();
+
+    for user in ["user", "admin"] {
+        let a = t.token("acme", user).await;
+        // Direct reads by id: 404, as if it did not exist.
+        t.get(&format!("/api/v1/accounts/{g_cash}"), &a)
+            .await
+            .error(404);
+        t.get(&format!("/api/v1/journal-entries/{g_entry_id}"), &a)
+            .await
+            .error(404);
+        // Reversing it: 404, nothing posted.
+        t.call(
+            Method::POST,
+            &format!("/api/v1/journal-entries/{g_entry_id}/reverse"),
+            Some(&a),
+            None,
+        )
+        .await
+        .error(404);
+        // Posting to its accounts: refused.
+        let a_cash = t.account_id(&a, "1000").await;
+        t.post_entry(&a, &a_cash, &g_sales, 5).await.error(422);
+        // Lists and reports show only acme's data.
+        let accounts = t.get("/api/v1/accounts?limit=200", &a).await.json();
+        assert!(
+            accounts["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["id"] != g_cash.as_str() && x["id"] != g_sales.as_str())
+        );
+        let entries = t.get("/api/v1/journal-entries?limit=200", &a).await.json();
+        assert!(
+            entries["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["id"] != g_entry_id.as_str())
+        );
+        let tb = t.get("/api/v1/reports/trial-balance", &a).await.json();
+        assert!(
+            tb["accounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["account_id"] != g_cash.as_str())
+        );
+        assert_ne!(tb["total_debit"], 777);
+        // Asking for globex explicitly: 403, by header and by subdomain.
+        for (name, value) in [("x-tenant-id", "globex"), ("host", "globex.localhost:8080")] {
+            for path in [
+                "/api/v1/accounts",
+                "/api/v1/journal-entries",
+                "/api/v1/reports/trial-balance",
+                "/api/v1/users/me",
+                "/dashboard/",
+            ] {
+                let res = t
+                    .send(
+                        Request::get(path)
+                            .header("authorization", format!("Bearer {a}"))
+                            .header(name, value)
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await;
+                res.error(403);
+            }
+        }
+        // Idempotency keys do not leak across tenants either: globex's key is unknown.
+        let me = t.get("/api/v1/users/me", &a).await.json();
+        assert_eq!(me["tenant"], "acme");
+    }
+    // A token for acme cannot be obtained with globex credentials in the body and
+    // acme in the header.
+    let res = t
+        .send(
+            Request::post("/api/v1/auth/token")
+                .header("content-type", "application/json")
+                .header("x-tenant-id", "acme")
+                .body(Body::from(
+                    json!({"tenant": "globex", "username": "admin", "password": PASSWORD})
+                        .to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    res.error(403);
+    // Globex's own view is intact.
+    let tb = t.get("/api/v1/reports/trial-balance", &g).await.json();
+    assert_eq!(tb["total_debit"], 777);
+}
