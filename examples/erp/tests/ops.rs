@@ -1,0 +1,220 @@
+//! Health probes, readiness (with a real Redis), metrics and the API documentation.
+
+mod common;
+
+use axum::http::Method;
+use common::TestApp;
+use rampart_erp::Config;
+use rampart_test_support::RedisServer;
+
+#[tokio::test]
+async fn health_and_liveness() {
+    let t = TestApp::sqlite().await;
+    let res = t.call(Method::GET, "/health/", None, None).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["status"], "ok");
+    let res = t.call(Method::GET, "/health/live/", None, None).await;
+    assert_eq!(res.json()["status"], "alive");
+}
+
+#[tokio::test]
+async fn readiness_checks_database_and_disk() {
+    let t = TestApp::sqlite().await;
+    let res = t.call(Method::GET, "/health/ready/", None, None).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["checks"]["database"]["status"], "ok");
+    assert!(v["checks"]["database"]["latency_ms"].is_number());
+    assert_eq!(v["checks"]["disk"]["status"], "ok");
+    assert!(
+        v["checks"].get("redis").is_none(),
+        "Redis is not configured"
+    );
+
+    // The database going away makes readiness fail with 503.
+    t.state.db().close().await;
+    let res = t.call(Method::GET, "/health/ready/", None, None).await;
+    assert_eq!(res.status, 503);
+    let v = res.json();
+    assert_eq!(v["status"], "fail");
+    assert_eq!(v["checks"]["database"]["status"], "fail");
+    assert!(v["checks"]["database"]["detail"].is_string());
+    // Liveness does not depend on it.
+    let res = t.call(Method::GET, "/health/live/", None, None).await;
+    assert_eq!(res.status, 200);
+}
+
+#[tokio::test]
+async fn readiness_fails_when_disk_is_short() {
+    let mut config = Config::for_tests("sqlite::memory:");
+    config.min_free_disk_bytes = u64::MAX;
+    let t = TestApp::with_config(config).await;
+    let res = t.call(Method::GET, "/health/ready/", None, None).await;
+    assert_eq!(res.status, 503);
+    assert_eq!(res.json()["checks"]["disk"]["status"], "fail");
+}
+
+#[tokio::test]
+async fn readiness_pings_redis() {
+    let mut redis = RedisServer::start();
+    let mut config = Config::for_tests("sqlite::memory:");
+    config.redis_url = Some(redis.url());
+    let t = TestApp::with_config(config).await;
+    let res = t.call(Method::GET, "/health/ready/", None, None).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["checks"]["redis"]["status"], "ok");
+    assert_eq!(v["checks"]["redis"]["detail"], "PONG");
+
+    redis.stop();
+    let res = t.call(Method::GET, "/health/ready/", None, None).await;
+    assert_eq!(res.status, 503);
+    let v = res.json();
+    assert_eq!(v["checks"]["redis"]["status"], "fail");
+    assert_eq!(v["checks"]["database"]["status"], "ok");
+
+    redis.restart();
+    let res = t.call(Method::GET, "/health/ready/", None, None).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[tokio::test]
+async fn metrics_are_exposed() {
+    let t = TestApp::sqlite().await;
+    let tok = t.token("acme", "user").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    assert_eq!(t.post_entry(&tok, &cash, &sales, 1).await.status, 201);
+    let res = t.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text();
+    assert!(text.contains("erp_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/api/v1/accounts\""), "{text}");
+    assert!(text.contains("erp_journal_entries_posted_total"), "{text}");
+    assert!(
+        text.contains("erp_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let t = TestApp::sqlite().await;
+    let res = t.call(Method::GET, "/api/schema/", None, None).await;
+    assert_eq!(res.status, 200);
+    let doc = res.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/auth/token",
+        "/api/v1/users/me",
+        "/api/v1/accounts",
+        "/api/v1/accounts/{id}",
+        "/api/v1/journal-entries",
+        "/api/v1/journal-entries/{id}",
+        "/api/v1/journal-entries/{id}/reverse",
+        "/api/v1/reports/trial-balance",
+        "/health/ready/",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "missing {p}");
+    }
+    let post = &doc["paths"]["/api/v1/journal-entries"]["post"];
+    for code in ["201", "400", "401", "409", "413", "415", "422"] {
+        assert!(
+            post["responses"].get(code).is_some(),
+            "POST entries lacks {code}"
+        );
+    }
+    assert_eq!(
+        post["responses"]["422"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["NewEntry"].is_object());
+}
+
+#[tokio::test]
+async fn swagger_ui_is_served_locally() {
+    let t = TestApp::sqlite().await;
+    let res = t.call(Method::GET, "/api/docs/", None, None).await;
+    assert_eq!(res.status, 200);
+    let html = res.text();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("https://"), "no CDN: {html}");
+    // Its assets come from the server too.
+    let js = t
+        .call(Method::GET, "/api/docs/swagger-ui-bundle.js", None, None)
+        .await;
+    assert_eq!(js.status, 200);
+    assert!(js.body.len() > 100_000);
+    let init = t
+        .call(Method::GET, "/api/docs/swagger-initializer.js", None, None)
+        .await;
+    assert!(init.text().contains("/api/schema/"), "{}", init.text());
+}
+
+#[tokio::test]
+async fn redoc_is_served_locally() {
+    let t = TestApp::sqlite().await;
+    let res = t.call(Method::GET, "/api/redoc/", None, None).await;
+    assert_eq!(res.status, 200);
+    let html = res.text();
+    assert!(html.contains("<script src=\"/api/redoc/redoc.standalone.js\">"));
+    assert!(!html.contains("cdn."), "no CDN");
+    assert!(
+        html.contains("/api/v1/journal-entries"),
+        "the spec is embedded"
+    );
+    // Without the bundle installed: a JSON 404 that says how to install it.
+    let res = t
+        .call(Method::GET, "/api/redoc/redoc.standalone.js", None, None)
+        .await;
+    assert!(
+        res.error(404)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fetch-redoc.sh")
+    );
+    // With it: served as JavaScript.
+    let state = t
+        .state
+        .clone()
+        .with_redoc_bundle(Some(axum::body::Bytes::from_static(b"var Redoc = {};")));
+    let router = rampart_erp::app(state);
+    let res = tower::ServiceExt::oneshot(
+        router,
+        axum::http::Request::get("/api/redoc/redoc.standalone.js")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+}
+
+#[tokio::test]
+async fn shipped_redoc_bundle_loads_when_installed() {
+    // `scripts/fetch-redoc.sh` installs it; a missing file is reported, not fatal.
+    assert!(
+        rampart_erp::openapi::load_redoc_bundle(Some("/nonexistent/redoc.js".into())).is_none()
+    );
+    if let Some(b) = rampart_erp::openapi::load_redoc_bundle(None) {
+        assert!(
+            String::from_utf8_lossy(&b[..200.min(b.len())]).contains("Redoc") || b.len() > 100_000
+        );
+    }
+}

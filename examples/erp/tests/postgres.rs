@@ -1,0 +1,125 @@
+//! The data layer and the API suites on PostgreSQL, in a fresh database created for the
+//! test and dropped afterwards.
+//!
+//! The server is `RAMPART_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). When it cannot be reached the test says
+//! so and passes, unless `RAMPART_REQUIRE_POSTGRES=1` (CI with PostgreSQL sets it).
+
+mod common;
+
+use common::TestApp;
+use rampart_erp::{Config, Db};
+use sqlx::{Connection, Executor};
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+struct TempDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TempDatabase {
+    async fn create() -> Option<Self> {
+        let admin_url =
+            std::env::var("RAMPART_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
+        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("RAMPART_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "PostgreSQL is required but unreachable at {admin_url}: {e}"
+                );
+                eprintln!("SKIPPED: PostgreSQL unreachable at {admin_url}: {e}");
+                return None;
+            }
+        };
+        let name = format!("rampart_erp_test_{}", uuid::Uuid::new_v4().simple());
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create database");
+        conn.close().await.ok();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    async fn drop_db(self) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("reconnect");
+        conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await
+            .expect("drop database");
+    }
+}
+
+#[tokio::test]
+async fn data_layer_and_api_on_postgres() {
+    let Some(tmp) = TempDatabase::create().await else {
+        return;
+    };
+    let result = tokio::spawn({
+        let url = tmp.url.clone();
+        async move {
+            // Migrations are idempotent, and the seed runs once.
+            let db = Db::connect(&url).await.expect("connect");
+            assert_eq!(db.backend(), rampart_erp::db::Backend::Postgres);
+            assert_eq!(db.migrate().await.unwrap(), 1);
+            assert_eq!(db.migrate().await.unwrap(), 0);
+            assert!(
+                db.seed(None, rampart_erp::config::PasswordCost::Fast)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+            assert!(
+                db.seed(None, rampart_erp::config::PasswordCost::Fast)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            db.ping().await.unwrap();
+            assert!(db.tenant_exists("acme").await.unwrap());
+            assert!(!db.tenant_exists("initech").await.unwrap());
+            db.close().await;
+
+            // The same suites as on SQLite, over a fresh schema each.
+            let reset = Db::connect(&url).await.unwrap();
+            for table in [
+                "idempotency_keys",
+                "journal_lines",
+                "journal_entries",
+                "accounts",
+                "users",
+                "tenants",
+            ] {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(reset.pool())
+                    .await
+                    .unwrap();
+            }
+            reset.close().await;
+            let t = TestApp::with_config(Config::for_tests(url.clone())).await;
+            common::ledger_suite(&t).await;
+            common::idempotency_suite(&t).await;
+            common::isolation_suite(&t).await;
+            let res = t
+                .call(axum::http::Method::GET, "/health/ready/", None, None)
+                .await;
+            assert_eq!(res.status, 200, "{}", res.text());
+            t.state.db().close().await;
+        }
+    })
+    .await;
+    tmp.drop_db().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
