@@ -125,7 +125,7 @@ pub struct NewEntry {
 pub struct ReverseRequest {
     /// Date of the reversal, `YYYY-MM-DD`; by default the original's date.
     pub date: Option<String>,
-    /// Description; by default "Reversal of <original description>".
+    /// Description; by default `Reversal of {original description}`.
     pub description: Option<String>,
 }
 

@@ -385,7 +385,7 @@ fn futures_stream(bytes: Vec<u8>) -> Body {
     Body::new(Chunks(
         bytes
             .chunks(8192)
-            .map(|c| axum::body::Bytes::copy_from_slice(c))
+            .map(axum::body::Bytes::copy_from_slice)
             .collect(),
     ))
 }
