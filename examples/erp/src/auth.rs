@@ -223,6 +223,13 @@ pub async fn verify_credentials(
     password: &str,
 ) -> Result<Option<VerifiedUser>, ApiError> {
     use sqlx::Row;
+    // PostgreSQL rejects NUL in text; such credentials cannot exist anyway.
+    if [tenant, username, password]
+        .iter()
+        .any(|s| s.contains('\0'))
+    {
+        return Ok(None);
+    }
     let row = sqlx::query(
         "SELECT id, password_hash, role FROM users WHERE tenant_id = $1 AND username = $2",
     )

@@ -241,6 +241,11 @@ pub fn parse_id(id: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not a valid id (a UUID).")))
 }
 
+/// Control characters (NUL above all, which PostgreSQL rejects) are refused in text.
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
@@ -322,10 +327,11 @@ pub async fn create_account(db: &Db, tenant: &str, new: &NewAccount) -> Result<A
         )
         .with_field("field", "code"));
     }
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(
-            ApiError::validation("name must be 1-200 characters.").with_field("field", "name")
-        );
+    if name.is_empty() || name.chars().count() > 200 || has_control(name) {
+        return Err(ApiError::validation(
+            "name must be 1-200 characters, without control characters.",
+        )
+        .with_field("field", "name"));
     }
     let id = new_id();
     let res = sqlx::query(
@@ -364,10 +370,10 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
         ));
     }
     let desc = e.description.trim();
-    if desc.is_empty() || desc.chars().count() > 500 {
+    if desc.is_empty() || desc.chars().count() > 500 || has_control(desc) {
         return Err(invalid(
             "description".into(),
-            "description must be 1-500 characters.".into(),
+            "description must be 1-500 characters, without control characters.".into(),
         ));
     }
     if e.lines.len() < 2 {
@@ -409,8 +415,14 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
                 ),
             ));
         }
-        if l.memo.as_ref().is_some_and(|m| m.chars().count() > 500) {
-            return Err(invalid(f("memo"), "memo is at most 500 characters.".into()));
+        if l.memo
+            .as_ref()
+            .is_some_and(|m| m.chars().count() > 500 || has_control(m))
+        {
+            return Err(invalid(
+                f("memo"),
+                "memo is at most 500 characters, without control characters.".into(),
+            ));
         }
         // Bounded by MAX_AMOUNT * MAX_LINES, far below i64::MAX.
         if l.debit.is_some() {
@@ -829,6 +841,12 @@ mod tests {
         let mut bad_date = entry(vec![line(Some(1), None), line(None, Some(1))]);
         bad_date.date = "2026-02-30".into();
         assert_eq!(status(bad_date), 422);
+        let mut nul = entry(vec![line(Some(1), None), line(None, Some(1))]);
+        nul.description = "a\0b".into();
+        assert_eq!(status(nul), 422);
+        let mut memo = entry(vec![line(Some(1), None), line(None, Some(1))]);
+        memo.lines[0].memo = Some("\u{7}".into());
+        assert_eq!(status(memo), 422);
         let mut blank = entry(vec![line(Some(1), None), line(None, Some(1))]);
         blank.description = "  ".into();
         assert_eq!(status(blank), 422);

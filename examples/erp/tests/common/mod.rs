@@ -201,6 +201,34 @@ pub async fn ledger_suite(t: &TestApp) {
     assert_eq!(row(&tb, "4000")["balance"], -12_345);
     assert_eq!(row(&tb, "5000")["balance"], 0);
 
+    // NUL and control characters (PostgreSQL rejects NUL): 422, never a 500.
+    let nul = t
+        .post(
+            "/api/v1/journal-entries",
+            &tok,
+            json!({"date": "2026-01-15", "description": "a\u{0}b", "lines": [
+                {"account_id": cash, "debit": 1}, {"account_id": sales, "credit": 1}]}),
+        )
+        .await;
+    nul.error(422);
+    let admin_tok = t.token("acme", "admin").await;
+    t.post(
+        "/api/v1/accounts",
+        &admin_tok,
+        json!({"code": "77", "name": "x\u{0}", "type": "asset"}),
+    )
+    .await
+    .error(422);
+    let res = t
+        .call(
+            Method::POST,
+            "/api/v1/auth/token",
+            None,
+            Some(json!({"tenant": "acme", "username": "ad\u{0}min", "password": "p\u{0}"})),
+        )
+        .await;
+    res.error(401);
+
     // Unbalanced: nothing is written.
     let bad = t
         .post(
