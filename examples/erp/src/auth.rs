@@ -416,6 +416,38 @@ mod tests {
         h
     }
 
+    #[tokio::test]
+    async fn require_admin_guards_admin_areas() {
+        use axum::{Router, body::Body, routing::get};
+        use tower::ServiceExt;
+        let app = |p: Option<Principal>| {
+            let router = Router::new()
+                .route("/_profiler/", get(|| async { "profiles" }))
+                .layer(axum::middleware::from_fn(require_admin));
+            match p {
+                Some(p) => router.layer(axum::Extension(p)),
+                None => router,
+            }
+        };
+        let who = |role| Principal {
+            user_id: "u".into(),
+            username: "n".into(),
+            tenant: "acme".into(),
+            role,
+            method: AuthMethod::Session,
+        };
+        let status = |p| async move {
+            app(p)
+                .oneshot(Request::get("/_profiler/").body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(status(None).await, 401);
+        assert_eq!(status(Some(who(Role::User))).await, 403);
+        assert_eq!(status(Some(who(Role::Admin))).await, 200);
+    }
+
     #[test]
     fn same_origin_rules() {
         assert!(same_origin(&headers(&[])));

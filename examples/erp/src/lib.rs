@@ -31,6 +31,7 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
+use tower_rampart::client_ip::ClientIpResolver;
 
 pub mod api;
 pub mod auth;
@@ -180,6 +181,7 @@ pub const API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version"
 /// tower-rampart layers go as they land; everything else is in place.
 pub fn app(state: AppState) -> Router {
     let config = state.config().clone();
+    let resolver = ClientIpResolver::new(config.trusted());
     let routes = Router::new()
         .route("/health/", get(health::health))
         .route("/health/live/", get(health::live))
@@ -200,14 +202,18 @@ pub fn app(state: AppState) -> Router {
             //    and the response carries it back (`x-request-id`).
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
-            // 2. Trace: one span per request, including the request id.
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // 2. Trace: one span per request with the request id and the client address
+            //    (forwarding headers believed from RAMPART_TRUSTED_PROXIES only).
+            .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request| {
                 let id = req
                     .headers()
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                let client = resolver
+                    .resolve(req)
+                    .map_or_else(String::new, |c| c.addr().to_string());
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id, client_ip = %client)
             }))
             // A panic anywhere below becomes a JSON 500 instead of a dropped connection.
             .layer(CatchPanicLayer::custom(panic_response))

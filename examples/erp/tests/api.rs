@@ -337,6 +337,41 @@ async fn journal_entry_errors() {
 }
 
 #[tokio::test]
+async fn reversal_is_idempotent_with_a_key() {
+    let t = TestApp::sqlite().await;
+    let tok = t.token("acme", "user").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    let id = t.post_entry(&tok, &cash, &sales, 10).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reverse = || {
+        Request::post(format!("/api/v1/journal-entries/{id}/reverse"))
+            .header("authorization", format!("Bearer {tok}"))
+            .header("idempotency-key", "rev-1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = t.send(reverse()).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    // A retry replays the reversal instead of answering 409 "already reversed".
+    let retry = t.send(reverse()).await;
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.json()["id"], first.json()["id"]);
+    // Without the key, a second reversal is a conflict.
+    t.call(
+        Method::POST,
+        &format!("/api/v1/journal-entries/{id}/reverse"),
+        Some(&tok),
+        None,
+    )
+    .await
+    .error(409);
+}
+
+#[tokio::test]
 async fn huge_bodies_are_413() {
     let t = TestApp::sqlite().await;
     let tok = t.token("acme", "user").await;
