@@ -24,6 +24,11 @@ async fn acme_reaches_no_globex_data_on_sqlite() {
     common::isolation_suite(&TestApp::sqlite().await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_on_sqlite() {
+    common::concurrency_suite(&TestApp::sqlite().await).await;
+}
+
 #[tokio::test]
 async fn token_endpoint() {
     let t = TestApp::sqlite().await;

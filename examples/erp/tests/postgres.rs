@@ -60,7 +60,7 @@ impl TempDatabase {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_layer_and_api_on_postgres() {
     let Some(tmp) = TempDatabase::create().await else {
         return;
@@ -110,6 +110,7 @@ async fn data_layer_and_api_on_postgres() {
             common::ledger_suite(&t).await;
             common::idempotency_suite(&t).await;
             common::isolation_suite(&t).await;
+            common::concurrency_suite(&t).await;
             let res = t
                 .call(axum::http::Method::GET, "/health/ready/", None, None)
                 .await;

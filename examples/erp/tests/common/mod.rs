@@ -510,3 +510,72 @@ pub async fn isolation_suite(t: &TestApp) {
     let tb = t.get("/api/v1/reports/trial-balance", &g).await.json();
     assert_eq!(tb["total_debit"], 777);
 }
+
+/// Concurrent requests with one `Idempotency-Key` post exactly one entry, and
+/// concurrent reversals of one entry post exactly one reversal.
+pub async fn concurrency_suite(t: &TestApp) {
+    let tok = t.token("acme", "user").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    let body = json!({"date": "2026-04-01", "description": "Concurrent", "lines": [
+        {"account_id": cash, "debit": 3}, {"account_id": sales, "credit": 3}]});
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let router = t.router.clone();
+        let req = Request::post("/api/v1/journal-entries")
+            .header("authorization", format!("Bearer {tok}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "same-key")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            router.oneshot(req).await.unwrap().status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&201), "{statuses:?}");
+    let list = t
+        .get("/api/v1/journal-entries?limit=200", &tok)
+        .await
+        .json();
+    let posted: Vec<&Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["description"] == "Concurrent")
+        .collect();
+    assert_eq!(posted.len(), 1, "exactly one entry for one key");
+
+    let id = posted[0]["id"].as_str().unwrap().to_owned();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let router = t.router.clone();
+        let req = Request::post(format!("/api/v1/journal-entries/{id}/reverse"))
+            .header("authorization", format!("Bearer {tok}"))
+            .body(Body::empty())
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            router.oneshot(req).await.unwrap().status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+}
