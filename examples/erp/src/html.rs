@@ -33,6 +33,7 @@ pub struct CspNonce(pub String);
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/accounts/login/", get(login_page).post(login))
         .route("/accounts/logout/", post(logout))
         .route("/dashboard/", get(dashboard))

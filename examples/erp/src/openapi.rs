@@ -77,7 +77,7 @@ pub const REDOC_BUNDLE_PATH: &str = concat!(
 pub fn load_redoc_bundle(env_path: Option<String>) -> Option<Bytes> {
     let path = env_path.unwrap_or_else(|| REDOC_BUNDLE_PATH.to_owned());
     match std::fs::read(&path) {
-        Ok(b) => Some(Bytes::from(b)),
+        Ok(b) => Some(localize_redoc(&b)),
         Err(e) => {
             tracing::warn!(
                 path,
@@ -88,6 +88,17 @@ pub fn load_redoc_bundle(env_path: Option<String>) -> Option<Bytes> {
         }
     }
 }
+
+/// The one asset the ReDoc bundle loads from a CDN (the "API docs by Redocly" logo).
+const REDOC_CDN_LOGO: &str = "https://cdn.redoc.ly/redoc/logo-mini.svg";
+
+/// Points the bundle's CDN logo at `/api/redoc/logo-mini.svg`, served by this server.
+pub fn localize_redoc(bundle: &[u8]) -> Bytes {
+    let text = String::from_utf8_lossy(bundle);
+    Bytes::from(text.replace(REDOC_CDN_LOGO, "/api/redoc/logo-mini.svg"))
+}
+
+const REDOC_LOGO_SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\" width=\"16\" height=\"16\"><rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#8a2be2\"/></svg>";
 
 const REDOC_HTML: &str = r#"<!DOCTYPE html>
 <html lang="en">
@@ -114,6 +125,10 @@ pub fn router() -> Router<AppState> {
         .merge(SwaggerUi::new("/api/docs").url("/api/schema/", doc.clone()))
         .merge(Redoc::with_url("/api/redoc/", doc).custom_html(REDOC_HTML))
         .route("/api/redoc/redoc.standalone.js", get(redoc_bundle))
+        .route(
+            "/api/redoc/logo-mini.svg",
+            get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], REDOC_LOGO_SVG) }),
+        )
 }
 
 async fn redoc_bundle(State(state): State<AppState>) -> Response {

@@ -207,6 +207,20 @@ async fn redoc_is_served_locally() {
 }
 
 #[tokio::test]
+async fn redoc_cdn_logo_is_served_locally() {
+    let b = rampart_erp::openapi::localize_redoc(b"a='https://cdn.redoc.ly/redoc/logo-mini.svg';");
+    assert_eq!(&b[..], b"a='/api/redoc/logo-mini.svg';");
+    let t = TestApp::sqlite().await;
+    let res = t
+        .call(Method::GET, "/api/redoc/logo-mini.svg", None, None)
+        .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.headers["content-type"], "image/svg+xml");
+    let res = t.call(Method::GET, "/favicon.ico", None, None).await;
+    assert_eq!(res.status, 204);
+}
+
+#[tokio::test]
 async fn shipped_redoc_bundle_loads_when_installed() {
     // `scripts/fetch-redoc.sh` installs it; a missing file is reported, not fatal.
     assert!(
