@@ -62,18 +62,23 @@ pub fn money(minor: i64) -> String {
     format!("{sign}{}.{:02}", m / 100, m % 100)
 }
 
-fn page(title: &str, body: &str) -> String {
+fn nonce_attr(nonce: Option<&str>) -> String {
+    nonce.map_or_else(String::new, |n| format!(" nonce=\"{}\"", escape(n)))
+}
+
+fn page(title: &str, body: &str, nonce: Option<&str>) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · rampart-erp</title>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}}\
+         <style{}>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}}\
          table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.25rem .5rem}}\
          td.n{{text-align:right}}.error{{color:#b00}}</style></head><body>{body}</body></html>",
-        escape(title)
+        escape(title),
+        nonce_attr(nonce)
     )
 }
 
-fn login_form(tenant: &str, error: Option<&str>) -> String {
+fn login_form(tenant: &str, error: Option<&str>, nonce: Option<&str>) -> String {
     let error = error.map_or_else(String::new, |e| {
         format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))
     });
@@ -87,6 +92,7 @@ fn login_form(tenant: &str, error: Option<&str>) -> String {
              <p><button type=\"submit\">Log in</button></p></form>",
             escape(tenant)
         ),
+        nonce,
     )
 }
 
@@ -94,6 +100,7 @@ fn login_form(tenant: &str, error: Option<&str>) -> String {
 pub async fn login_page(
     principal: Option<Extension<Principal>>,
     tenant: Option<Extension<CurrentTenant>>,
+    nonce: Option<Extension<CspNonce>>,
 ) -> Response {
     if principal.is_some() {
         return Redirect::to("/dashboard/").into_response();
@@ -101,7 +108,12 @@ pub async fn login_page(
     let tenant = tenant
         .map(|Extension(CurrentTenant(t))| t)
         .unwrap_or_default();
-    Html(login_form(&tenant, None)).into_response()
+    Html(login_form(
+        &tenant,
+        None,
+        nonce.as_ref().map(|n| n.0.0.as_str()),
+    ))
+    .into_response()
 }
 
 /// The login form.
@@ -121,6 +133,7 @@ pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
     tenant: Option<Extension<CurrentTenant>>,
+    nonce: Option<Extension<CspNonce>>,
     ApiForm(form): ApiForm<LoginForm>,
 ) -> Result<Response, ApiError> {
     if !auth::same_origin(&headers) {
@@ -144,6 +157,7 @@ pub async fn login(
             Html(login_form(
                 &form_tenant,
                 Some("Invalid tenant, user name or password."),
+                nonce.as_ref().map(|n| n.0.0.as_str()),
             )),
         )
             .into_response());
@@ -217,9 +231,8 @@ pub async fn dashboard(
             )
         })
         .collect();
-    let nonce_attr = nonce.map_or_else(String::new, |Extension(CspNonce(n))| {
-        format!(" nonce=\"{}\"", escape(&n))
-    });
+    let nonce = nonce.map(|Extension(CspNonce(n))| n);
+    let nonce_attr = nonce_attr(nonce.as_deref());
     let body = format!(
         "<h1>Dashboard</h1>\
          <p>Signed in as <strong>{user}</strong> ({role}) in tenant <strong>{tenant}</strong>.</p>\
@@ -248,7 +261,7 @@ pub async fn dashboard(
         tc = money(tb.total_credit),
         script = DASHBOARD_SCRIPT,
     );
-    Ok(Html(page("Dashboard", &body)).into_response())
+    Ok(Html(page("Dashboard", &body, nonce.as_deref())).into_response())
 }
 
 /// The dashboard's script: posts the form through the JSON API (same origin, session

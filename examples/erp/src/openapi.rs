@@ -100,23 +100,26 @@ pub fn localize_redoc(bundle: &[u8]) -> Bytes {
 
 const REDOC_LOGO_SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\" width=\"16\" height=\"16\"><rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#8a2be2\"/></svg>";
 
+/// The ReDoc page: no inline script (a strict `script-src 'self'` CSP allows it). The
+/// spec is embedded as a JSON data block, which CSP does not treat as script.
 const REDOC_HTML: &str = r#"<!DOCTYPE html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>rampart-erp API · ReDoc</title>
   <meta name="viewport" content="width=device-width, initial-scale=1">
-  <style>body { margin: 0; padding: 0; }</style>
 </head>
 <body>
   <div id="redoc-container"></div>
+  <script type="application/json" id="redoc-spec">$spec</script>
+  <script type="application/json" id="redoc-config">$config</script>
   <script src="/api/redoc/redoc.standalone.js"></script>
-  <script>
-    Redoc.init($spec, $config, document.getElementById("redoc-container"));
-  </script>
+  <script src="/api/redoc/init.js"></script>
 </body>
 </html>
 "#;
+
+const REDOC_INIT_JS: &str = "(function () {\n  var spec = JSON.parse(document.getElementById('redoc-spec').textContent);\n  var config = JSON.parse(document.getElementById('redoc-config').textContent);\n  Redoc.init(spec, config, document.getElementById('redoc-container'));\n})();\n";
 
 /// The documentation routes.
 pub fn router() -> Router<AppState> {
@@ -125,6 +128,15 @@ pub fn router() -> Router<AppState> {
         .merge(SwaggerUi::new("/api/docs").url("/api/schema/", doc.clone()))
         .merge(Redoc::with_url("/api/redoc/", doc).custom_html(REDOC_HTML))
         .route("/api/redoc/redoc.standalone.js", get(redoc_bundle))
+        .route(
+            "/api/redoc/init.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    REDOC_INIT_JS,
+                )
+            }),
+        )
         .route(
             "/api/redoc/logo-mini.svg",
             get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], REDOC_LOGO_SVG) }),

@@ -246,6 +246,7 @@ async fn dashboard_script_carries_the_csp_nonce() {
         .to_bytes();
     let html = String::from_utf8_lossy(&body);
     assert!(html.contains("<script nonce=\"n0nce-&quot;x\">"), "{html}");
+    assert!(html.contains("<style nonce=\"n0nce-&quot;x\">"), "{html}");
     assert_eq!(html.matches("<script").count(), 1, "one script only");
 }
 

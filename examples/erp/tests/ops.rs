@@ -168,6 +168,16 @@ async fn redoc_is_served_locally() {
     assert_eq!(res.status, 200);
     let html = res.text();
     assert!(html.contains("<script src=\"/api/redoc/redoc.standalone.js\">"));
+    // No inline script: every <script> is either external or a JSON data block.
+    for tag in html.split("<script").skip(1) {
+        let open = &tag[..tag.find('>').unwrap()];
+        assert!(
+            open.contains(" src=") || open.contains("application/json"),
+            "inline script in ReDoc page: {open}"
+        );
+    }
+    let init = t.call(Method::GET, "/api/redoc/init.js", None, None).await;
+    assert!(init.text().contains("Redoc.init"));
     assert!(!html.contains("cdn."), "no CDN");
     assert!(
         html.contains("/api/v1/journal-entries"),
@@ -231,4 +241,44 @@ async fn shipped_redoc_bundle_loads_when_installed() {
             String::from_utf8_lossy(&b[..200.min(b.len())]).contains("Redoc") || b.len() > 100_000
         );
     }
+}
+
+#[tokio::test]
+async fn documented_statuses_match_real_answers() {
+    // For every secured operation of the schema: an anonymous call answers 401, a call
+    // with a valid token never answers a status the schema does not document.
+    let t = TestApp::sqlite().await;
+    let tok = t.token("acme", "user").await;
+    let doc = t.call(Method::GET, "/api/schema/", None, None).await.json();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op.get("security").is_none() {
+                continue;
+            }
+            let documented: Vec<String> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            let url = path.replace("{id}", "00000000-0000-4000-8000-000000000000");
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let body = (m == Method::POST).then(|| serde_json::json!({}));
+            let anon = t.call(m.clone(), &url, None, body.clone()).await;
+            assert_eq!(anon.status, 401, "{method} {path}");
+            assert!(
+                documented.contains(&"401".to_owned()),
+                "{method} {path} lacks 401"
+            );
+            let authed = t.call(m, &url, Some(&tok), body).await;
+            assert!(
+                documented.contains(&authed.status.as_u16().to_string()),
+                "{method} {path} answered {} which is not documented ({documented:?})",
+                authed.status
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "checked {checked} operations");
 }
