@@ -511,3 +511,31 @@ async fn responses_are_compressed_when_asked() {
     assert_eq!(res.status, 200);
     assert_eq!(res.headers["content-encoding"], "gzip");
 }
+
+#[tokio::test]
+async fn slow_requests_time_out_with_json_408() {
+    let t = TestApp::sqlite().await;
+    // A client that never finishes sending its body.
+    struct Stalled;
+    impl http_body::Body for Stalled {
+        type Data = axum::body::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+    tokio::time::pause();
+    let res = t
+        .send(
+            Request::post("/api/v1/auth/token")
+                .header("content-type", "application/json")
+                .body(Body::new(Stalled))
+                .unwrap(),
+        )
+        .await;
+    let v = res.error(408);
+    assert!(v["detail"].as_str().unwrap().contains("too long"));
+}
