@@ -119,7 +119,17 @@ const REDOC_HTML: &str = r#"<!DOCTYPE html>
 </html>
 "#;
 
-const REDOC_INIT_JS: &str = "(function () {\n  var spec = JSON.parse(document.getElementById('redoc-spec').textContent);\n  var config = JSON.parse(document.getElementById('redoc-config').textContent);\n  Redoc.init(spec, config, document.getElementById('redoc-container'));\n})();\n";
+const REDOC_INIT_JS: &str = r"(function () {
+  var el = document.getElementById('redoc-container');
+  if (typeof Redoc === 'undefined') {
+    el.textContent = 'The ReDoc bundle is not installed on this server: run examples/erp/scripts/fetch-redoc.sh (or use Swagger UI at /api/docs/).';
+    return;
+  }
+  var spec = JSON.parse(document.getElementById('redoc-spec').textContent);
+  var config = JSON.parse(document.getElementById('redoc-config').textContent);
+  Redoc.init(spec, config, el);
+})();
+";
 
 /// The documentation routes.
 pub fn router() -> Router<AppState> {
