@@ -1,6 +1,10 @@
 //! Tenant identifiers: validated and normalised before any lookup.
 
-use std::{borrow::Borrow, fmt, sync::Arc};
+use std::{
+    borrow::{Borrow, Cow},
+    fmt,
+    sync::Arc,
+};
 
 /// The longest identifier accepted by default: one DNS label.
 pub const DEFAULT_MAX_ID_LEN: usize = 63;
@@ -170,7 +174,7 @@ impl std::str::FromStr for TenantId {
 ///
 /// `None` when there is no host; `Err` when the host is not ASCII, too long or not a
 /// plausible host name (IDN hosts in Unicode form end up here).
-pub(crate) fn normalise_host(raw: &[u8]) -> Result<Option<String>, InvalidTenantId> {
+pub(crate) fn normalise_host(raw: &[u8]) -> Result<Option<Cow<'_, str>>, InvalidTenantId> {
     if raw.is_empty() {
         return Ok(None);
     }
@@ -202,7 +206,11 @@ pub(crate) fn normalise_host(raw: &[u8]) -> Result<Option<String>, InvalidTenant
     }
     // Only ASCII bytes remain, so this cannot fail.
     let s = std::str::from_utf8(name).map_err(|_| InvalidTenantId::MalformedHost)?;
-    Ok(Some(s.to_ascii_lowercase()))
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Some(Cow::Owned(s.to_ascii_lowercase())))
+    } else {
+        Ok(Some(Cow::Borrowed(s)))
+    }
 }
 
 #[cfg(test)]

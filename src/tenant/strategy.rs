@@ -1,6 +1,6 @@
 //! Where a request names its tenant: host, subdomain, header, path, claim, closure.
 
-use std::{fmt, sync::Arc};
+use std::{borrow::Cow, fmt, sync::Arc};
 
 use http::{Extensions, HeaderMap, HeaderName, Method, Uri, header};
 use serde::Deserialize;
@@ -321,7 +321,7 @@ impl Strategy {
 
 /// The host of the request: the URI authority (HTTP/2 `:authority`, absolute-form) or
 /// the single `Host` header.
-fn request_host(head: &RequestHead<'_>) -> Result<Option<String>, InvalidTenantId> {
+fn request_host<'a>(head: &RequestHead<'a>) -> Result<Option<Cow<'a, str>>, InvalidTenantId> {
     if let Some(auth) = head.uri().authority() {
         return normalise_host(auth.as_str().as_bytes());
     }
