@@ -58,6 +58,16 @@ impl<S, St> TenantResolver<S, St> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the wrapper.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 fn resolution(strategy: &'static str, outcome: &'static str) {

@@ -264,7 +264,16 @@ async fn outcomes_missing_unknown_store_error() {
 
 #[tokio::test]
 async fn optional_passes_through_without_tenant() {
-    let (svc, seen) = service(TenantLayer::builder(store()).header().required(false));
+    let (mut svc, seen) = service(TenantLayer::builder(store()).header().required(false));
+    let _ = svc.get_mut();
+    assert!(format!("{svc:?}").contains("TenantResolver"));
+    let _ = svc.get_ref();
+    let svc = TenantLayer::builder(store())
+        .header()
+        .required(false)
+        .build()
+        .unwrap()
+        .layer(svc.into_inner());
     assert_eq!(call(&svc, req("/", &[])).await.0, StatusCode::OK);
     assert_eq!(seen.calls(), 1);
     assert!(seen.last().is_none(), "no tenant in extensions");
