@@ -23,6 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }),
     );
+    let app = tenants::add(app)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(
@@ -31,4 +32,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     Ok(())
+}
+
+/// Tenants (feature `tenant`): `curl -H 'X-Tenant-ID: acme' localhost:3000/tenant` or
+/// `curl acme.localhost:3000/tenant`; unknown tenants get 404 JSON, malformed ones 400,
+/// requests naming no tenant get the `public` fallback.
+#[cfg(feature = "tenant")]
+mod tenants {
+    use axum::{Router, routing::get};
+    use tower_rampart::tenant::{MemoryStore, Tenant, TenantLayer};
+
+    pub(crate) fn add(app: Router) -> Result<Router, Box<dyn std::error::Error>> {
+        let tenants = MemoryStore::new()
+            .with("acme", "Acme Corp")?
+            .with("globex", "Globex")?
+            .with("public", "Public site")?;
+        let layer = TenantLayer::builder(tenants)
+            .host("{tenant}.localhost")
+            .header()
+            .fallback("public")
+            .bypass("/health")
+            .build()?;
+        Ok(app
+            .route(
+                "/tenant",
+                get(|tenant: Tenant<&'static str>| async move {
+                    format!("tenant {} ({})\n", tenant.id(), tenant.value())
+                }),
+            )
+            .route("/health", get(|| async { "ok\n" }))
+            .layer(layer))
+    }
+}
+
+#[cfg(not(feature = "tenant"))]
+mod tenants {
+    pub(crate) fn add(app: axum::Router) -> Result<axum::Router, Box<dyn std::error::Error>> {
+        Ok(app)
+    }
 }

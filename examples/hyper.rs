@@ -18,6 +18,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
     let resolver = ClientIpResolver::new(TrustedProxies::loopback());
+    #[cfg(feature = "tenant")]
+    let tenant_layer = tenants::layer()?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
@@ -33,6 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                 }
             }));
+        // With `--features tenant`: `curl -H 'X-Tenant-ID: acme' localhost:3001/`.
+        #[cfg(feature = "tenant")]
+        let svc = tower::Layer::layer(&tenant_layer, svc);
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
@@ -40,5 +45,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 eprintln!("connection error: {e}");
             }
         });
+    }
+}
+
+/// Tenants (feature `tenant`): resolved from `X-Tenant-ID` or `/t/{tenant}/…` (stripped
+/// before the service), looked up through a cached store, `public` when none is named.
+#[cfg(feature = "tenant")]
+mod tenants {
+    use std::time::Duration;
+
+    use tower_rampart::tenant::{CachedStore, MemoryStore, TenantLayer};
+
+    pub(crate) fn layer()
+    -> Result<TenantLayer<CachedStore<MemoryStore<String>>>, Box<dyn std::error::Error>> {
+        let store = MemoryStore::new()
+            .with("acme", "Acme Corp".to_owned())?
+            .with("public", "Public site".to_owned())?;
+        let cached = CachedStore::builder(store)
+            .ttl(Duration::from_secs(60))
+            .negative_ttl(Duration::from_secs(5))
+            .build()?;
+        Ok(TenantLayer::builder(cached)
+            .header()
+            .path_prefix_stripped("/t/{tenant}")
+            .fallback("public")
+            .build()?)
     }
 }

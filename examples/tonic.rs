@@ -13,17 +13,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let resolver = ClientIpResolver::default();
     let addr = "127.0.0.1:50051".parse()?;
     println!("gRPC health service on {addr}");
+    let stack = ServiceBuilder::new().map_request(move |req: http::Request<tonic::body::Body>| {
+        if let Some(ip) = resolver.resolve(&req) {
+            eprintln!("call from {ip}");
+        }
+        req
+    });
+    // With `--features tenant`: the `x-tenant-id` metadata names the tenant.
+    #[cfg(feature = "tenant")]
+    let stack = stack.layer(tenants::layer()?);
     tonic::transport::Server::builder()
-        .layer(
-            ServiceBuilder::new().map_request(move |req: http::Request<tonic::body::Body>| {
-                if let Some(ip) = resolver.resolve(&req) {
-                    eprintln!("call from {ip}");
-                }
-                req
-            }),
-        )
+        .layer(stack)
         .add_service(health)
         .serve(addr)
         .await?;
     Ok(())
+}
+
+/// Tenants (feature `tenant`) from the `x-tenant-id` metadata. Rejections become gRPC
+/// statuses (a trailers-only response) instead of JSON: malformed → `INVALID_ARGUMENT`,
+/// unknown → `NOT_FOUND`, another user's tenant → `PERMISSION_DENIED`, store down →
+/// `UNAVAILABLE`. Calls without the metadata pass (`required(false)`).
+#[cfg(feature = "tenant")]
+mod tenants {
+    use bytes::Bytes;
+    use http::{HeaderValue, Response};
+    use tower_rampart::tenant::{MemoryStore, RejectionKind, TenantLayer, TenantRejection};
+
+    fn grpc_status(rejection: &TenantRejection) -> Response<Bytes> {
+        let code = match rejection.kind() {
+            RejectionKind::Unknown => tonic::Code::NotFound,
+            RejectionKind::Forbidden => tonic::Code::PermissionDenied,
+            RejectionKind::StoreUnavailable => tonic::Code::Unavailable,
+            _ => tonic::Code::InvalidArgument,
+        };
+        let mut res = Response::new(Bytes::new());
+        let h = res.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code as i32));
+        h.insert("grpc-message", HeaderValue::from_static("tenant rejected"));
+        res
+    }
+
+    pub(crate) fn layer()
+    -> Result<TenantLayer<MemoryStore<&'static str>>, Box<dyn std::error::Error>> {
+        let store = MemoryStore::new().with("acme", "Acme Corp")?;
+        Ok(TenantLayer::builder(store)
+            .header()
+            .required(false)
+            .responder(grpc_status)
+            .build()?)
+    }
 }

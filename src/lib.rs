@@ -7,7 +7,7 @@
 //! | `rate-limit`       | `rate_limit`           | see the README    |
 //! | `security-headers` | `security_headers`     | see the README    |
 //! | `csp`              | `csp`                  | see the README    |
-//! | `tenant`           | `tenant`               | see the README    |
+//! | `tenant`           | `tenant`               | available         |
 //! | `cache`            | `cache`                | see the README    |
 //! | `profiler`         | `profiler`             | see the README    |
 //!
@@ -42,3 +42,6 @@ pub mod client_ip;
 pub mod error;
 pub mod identity;
 pub mod key;
+#[cfg(feature = "tenant")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tenant")))]
+pub mod tenant;
