@@ -9,7 +9,7 @@
 //! | `csp`              | `csp`                  | see the README    |
 //! | `tenant`           | `tenant`               | see the README    |
 //! | `cache`            | `cache`                | see the README    |
-//! | `profiler`         | `profiler`             | see the README    |
+//! | `profiler`         | `profiler`             | available         |
 //!
 //! Code shared by every layer lives here once and is reused:
 //!
@@ -42,3 +42,6 @@ pub mod client_ip;
 pub mod error;
 pub mod identity;
 pub mod key;
+#[cfg(feature = "profiler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "profiler")))]
+pub mod profiler;
