@@ -318,15 +318,19 @@ fn interesting(meta: &Metadata<'_>) -> bool {
     }
 }
 
-/// The per-layer filter of [`QueryCapture`]: the profiler's request spans, `sqlx::query`
-/// events, and spans or events with a `db.statement` / `db.query.text` field.
+/// The per-layer filter of [`QueryCapture`]: the profiler's request spans and every span
+/// opened inside one (so that a query made under a child span — even on another thread,
+/// as sqlx's SQLite worker does — is attributed through the span's ancestry), spans with
+/// a `db.statement` / `db.query.text` field, `sqlx::query` events, and events with a
+/// `db.statement` / `db.query.text` field.
 ///
 /// It answers [`Interest::sometimes`] (never `always`) for those callsites, so that
 /// `tracing-subscriber` asks every per-layer filter again on each use. With `always`,
 /// the per-layer filter state can be stale when something called `enabled` without a
 /// following event — which is exactly what `tracing-log`'s `LogTracer` does for
 /// `log::log_enabled!`, as sqlx calls after every query — and the span is then silently
-/// dropped for this layer (tokio-rs/tracing#2519).
+/// dropped for this layer (tokio-rs/tracing#2519). Events of other targets are `never`
+/// interesting, so they cost nothing.
 ///
 /// # Example
 ///
@@ -342,13 +346,18 @@ pub struct CaptureFilter {
     _priv: (),
 }
 
-impl<S> Filter<S> for CaptureFilter {
-    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        interesting(meta)
+impl<S> Filter<S> for CaptureFilter
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        // A span inside a span this filter enabled (a request span or one of its
+        // descendants) is enabled too.
+        interesting(meta) || (meta.is_span() && cx.lookup_current().is_some())
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        if interesting(meta) {
+        if meta.is_span() || interesting(meta) {
             Interest::sometimes()
         } else {
             Interest::never()
