@@ -472,10 +472,10 @@ where
     }
 
     fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            if let Some(db) = span.extensions_mut().get_mut::<DbSpan>() {
-                values.record(&mut db.fields);
-            }
+        if let Some(span) = ctx.span(id)
+            && let Some(db) = span.extensions_mut().get_mut::<DbSpan>()
+        {
+            values.record(&mut db.fields);
         }
     }
 

@@ -35,10 +35,10 @@ pub fn normalize_sql(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len().min(MAX_STATEMENT_LEN));
     let mut prev: Option<&Tok> = None;
     for tok in &tokens {
-        if let Some(p) = prev {
-            if needs_space(p, tok) {
-                out.push(' ');
-            }
+        if let Some(p) = prev
+            && needs_space(p, tok)
+        {
+            out.push(' ');
         }
         match tok {
             Tok::Word(w) | Tok::Punct(w) => out.push_str(w),

@@ -250,16 +250,15 @@ impl ProfileStore {
 
     pub(crate) fn shared_records(&self) -> Vec<Arc<RequestRecord>> {
         let st = self.lock();
-        let mut out: Vec<Arc<RequestRecord>> = st.ring.iter().map(|(r, _)| Arc::clone(r)).collect();
-        let oldest_in_ring = st.ring.front().map_or(u64::MAX, |(r, _)| r.id);
-        out.extend(
-            st.slowest
-                .iter()
-                .filter(|r| r.id < oldest_in_ring || !st.ring.iter().any(|(x, _)| x.id == r.id))
-                .cloned(),
-        );
+        let mut out: Vec<Arc<RequestRecord>> = st
+            .ring
+            .iter()
+            .map(|(r, _)| r)
+            .chain(st.slowest.iter())
+            .cloned()
+            .collect();
         drop(st);
-        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.sort_by_key(|r| std::cmp::Reverse(r.id));
         out.dedup_by_key(|r| r.id);
         out
     }

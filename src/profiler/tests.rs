@@ -454,8 +454,11 @@ async fn dropped_body_and_errors_still_finish_the_record() {
     assert_eq!(records[0].status, 0, "no response: status 0");
 }
 
+/// `(name, labels, value)` of each histogram sample.
+type Sample = (String, Vec<(String, String)>, f64);
+
 #[derive(Default)]
-struct Histograms(Mutex<Vec<(String, Vec<(String, String)>, f64)>>);
+struct Histograms(Mutex<Vec<Sample>>);
 
 struct Hist(Arc<Histograms>, metrics::Key);
 impl metrics::HistogramFn for Hist {
