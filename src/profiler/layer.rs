@@ -503,6 +503,25 @@ where
     }
 }
 
+/// A metrics label for the method, without allocating for the standard ones.
+fn method_label(m: &Method) -> metrics::SharedString {
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    match STANDARD.iter().find(|(s, _)| s == m) {
+        Some((_, name)) => metrics::SharedString::const_str(name),
+        None => metrics::SharedString::from(m.as_str().to_owned()),
+    }
+}
+
 /// Finishes the profile when dropped: at the end of the body, or when the body or the
 /// future is dropped early.
 struct Guard {
@@ -521,7 +540,7 @@ impl Drop for Guard {
         if self.metrics {
             metrics::histogram!(
                 "rampart_profiler_request_duration_seconds",
-                "method" => self.method.as_str().to_owned(),
+                "method" => method_label(&self.method),
                 "route" => self.route.clone(),
                 "status" => self.status.to_string(),
             )

@@ -402,6 +402,9 @@ pub struct NPlusOne {
 
 /// Groups queries by statement (groups of two or more, most frequent first).
 pub(crate) fn similar_groups(queries: &[QueryRecord]) -> Vec<SimilarGroup> {
+    if queries.len() < 2 {
+        return Vec::new();
+    }
     let mut map: HashMap<&str, (usize, f64, usize)> = HashMap::new();
     for (i, q) in queries.iter().enumerate() {
         let e = map.entry(q.statement.as_str()).or_insert((0, 0.0, i));
@@ -429,6 +432,9 @@ pub(crate) fn similar_groups(queries: &[QueryRecord]) -> Vec<SimilarGroup> {
 /// N+1 findings: runs of at least `threshold` consecutive, non-overlapping executions of
 /// one statement that follow a different ("source") statement. `queries` are in start order.
 pub(crate) fn n_plus_one(queries: &[QueryRecord], threshold: usize) -> Vec<NPlusOne> {
+    if queries.len() <= threshold {
+        return Vec::new();
+    }
     let mut findings = Vec::new();
     let mut i = 1;
     while i < queries.len() {
@@ -570,6 +576,12 @@ mod tests {
     proptest! {
         #[test]
         fn normalisation_is_idempotent(s in "\\PC{0,80}") {
+            let once = normalize_sql(&s);
+            prop_assert_eq!(normalize_sql(&once), once.clone());
+        }
+
+        #[test]
+        fn normalisation_is_idempotent_on_sql_punctuation(s in "[-'\"`\\\\\\[\\]()$?:@.,;*/ abcinEeNxX0-9\n]{0,40}") {
             let once = normalize_sql(&s);
             prop_assert_eq!(normalize_sql(&once), once.clone());
         }
