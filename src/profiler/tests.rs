@@ -8,6 +8,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceExt, service_fn};
 use tower_layer::Layer;
@@ -757,4 +758,119 @@ async fn axum_matched_path_is_the_route() {
     let r = &profiler.store().records()[0];
     assert_eq!(r.route, "/users/{name}");
     assert_eq!(r.path, "/users/alice");
+}
+
+#[tokio::test]
+async fn config_debug_and_less_common_fields() {
+    let _g = subscriber_guard();
+    let cfg: ProfilerConfig = serde_json::from_str(
+        r#"{"sample_percent": 100.0, "server_timing": false, "n_plus_one_threshold": 3,
+            "max_queries_per_request": 5, "metrics": false, "store": {"max_records": 7}}"#,
+    )
+    .unwrap();
+    let profiler = ProfilerLayer::from_config(&cfg).unwrap();
+    assert_eq!(profiler.store().limits().max_records, 7);
+    let dbg = format!(
+        "{:?}",
+        ProfilerLayer::default().sample_percent(10.0).unwrap()
+    );
+    assert!(dbg.contains("ratio("), "{dbg}");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    let profiler = profiler.sample_with(move |r| {
+        seen2.lock().unwrap().push(format!(
+            "{} {} {}",
+            r.method(),
+            r.uri(),
+            r.extensions().get::<Claims>().map_or("-", |c| c.0)
+        ));
+        true
+    });
+    let svc = profiler.layer(service_fn(|_req: Request<()>| async {
+        // Debug-formatted statements, signed row counts and millisecond durations.
+        tracing::info!(db.statement = ?"SELECT \"a\"\n FROM t", rows_affected = 2i64, elapsed_ms = 3u64);
+        tracing::info!(db.query.text = "SELECT b FROM t", rows_returned = -1i64, other = 1.5f64, elapsed_ms = 0.5f64);
+        tracing::debug!(target: "sqlx::query", summary = ?"SELECT 9", db.statement = "");
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    assert!(format!("{svc:?}").contains("Profiler"));
+    let mut fut = Box::pin(
+        svc.oneshot(
+            Request::builder()
+                .method("PURGE")
+                .uri("/cache")
+                .extension(Claims("carol"))
+                .body(())
+                .unwrap(),
+        ),
+    );
+    let res = fut.as_mut().await.unwrap();
+    assert!(res.headers().get("server-timing").is_none());
+    assert!(res.body().is_end_stream());
+    drop(res);
+    assert_eq!(*seen.lock().unwrap(), ["PURGE /cache carol"]);
+    let r = &profiler.store().records()[0];
+    assert_eq!(r.method, "PURGE");
+    let q: Vec<(&str, Option<u64>, Option<u64>, f64)> = r
+        .queries
+        .iter()
+        .map(|q| {
+            (
+                q.statement.as_str(),
+                q.rows_returned,
+                q.rows_affected,
+                q.duration_ms,
+            )
+        })
+        .collect();
+    assert!(
+        q.contains(&("SELECT \"a\" FROM t", None, Some(2), 3.0)),
+        "{q:?}"
+    );
+    assert!(q.contains(&("SELECT b FROM t", None, None, 0.5)), "{q:?}");
+    assert!(q.iter().any(|x| x.0 == "SELECT ?"), "{q:?}");
+}
+
+/// A body fed frame by frame through a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn streaming_bodies_are_counted_to_their_end() {
+    let profiler = ProfilerLayer::new();
+    let svc = profiler.layer(service_fn(|_req: Request<()>| async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        tokio::spawn(async move {
+            for chunk in [&b"abc"[..], b"defg"] {
+                tokio::task::yield_now().await;
+                tx.send(Bytes::from_static(chunk)).await.unwrap();
+            }
+        });
+        Ok::<_, Infallible>(Response::new(ChannelBody(rx)))
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert!(!res.body().is_end_stream());
+    assert_eq!(res.body().size_hint().exact(), None);
+    let (_, mut body) = res.into_parts();
+    assert!(format!("{body:?}").contains("finished: false"));
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        bytes.extend_from_slice(frame.unwrap().data_ref().unwrap());
+    }
+    assert_eq!(&bytes[..], b"abcdefg");
+    assert!(format!("{body:?}").contains("finished: true"));
+    assert_eq!(profiler.store().records()[0].response_bytes, 7);
 }
