@@ -402,6 +402,18 @@ fn generic_route(path: &str) -> String {
     out
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -423,7 +435,7 @@ fn draft_record<B>(
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(128).collect()),
         method: req.method().as_str().to_owned(),
-        path: req.uri().path().chars().take(2048).collect(),
+        path: truncated(req.uri().path(), 2048).to_owned(),
         route: route.to_owned(),
         query: req
             .uri()
@@ -697,6 +709,8 @@ mod tests {
         );
         assert_eq!(generic_route("/health/"), "/health/");
         assert!(generic_route(&"/a".repeat(300)).len() <= 200);
+        assert_eq!(truncated("aé", 2), "a");
+        assert_eq!(truncated("abc", 5), "abc");
     }
 
     #[test]

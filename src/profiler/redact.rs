@@ -43,8 +43,10 @@ const SENSITIVE_FRAGMENTS: [&str; 8] = [
 /// assert!(!is_sensitive_header("accept"));
 /// ```
 pub fn is_sensitive_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SENSITIVE_HEADERS.contains(&lower.as_str()) || is_sensitive_field(&lower)
+    SENSITIVE_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+        || is_sensitive_field(name)
 }
 
 /// Whether a query-string or form field must be masked: its name (case-insensitive)
@@ -60,8 +62,12 @@ pub fn is_sensitive_header(name: &str) -> bool {
 /// assert!(!is_sensitive_field("page"));
 /// ```
 pub fn is_sensitive_field(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SENSITIVE_FRAGMENTS.iter().any(|f| lower.contains(f))
+    let bytes = name.as_bytes();
+    SENSITIVE_FRAGMENTS.iter().any(|f| {
+        bytes
+            .windows(f.len())
+            .any(|w| w.eq_ignore_ascii_case(f.as_bytes()))
+    })
 }
 
 /// Masks the values of sensitive fields in a query string or an
@@ -98,7 +104,10 @@ pub fn redact_query(query: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -127,7 +136,7 @@ fn percent_decode(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Copies headers into `(name, value)` pairs with sensitive values masked. Values that are

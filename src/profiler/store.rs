@@ -217,12 +217,17 @@ impl ProfileStore {
         }
         let record = Arc::new(record);
         self.inner.recorded.fetch_add(1, Ordering::Relaxed);
+        // Evicted records are freed after the lock is released.
+        let mut evicted = Vec::new();
         let mut st = self.lock();
         st.ring.push_back((Arc::clone(&record), size));
         st.ring_bytes += size;
         while st.ring.len() > limits.max_records || st.ring_bytes > limits.max_bytes {
             match st.ring.pop_front() {
-                Some((_, s)) => st.ring_bytes -= s,
+                Some((r, s)) => {
+                    st.ring_bytes -= s;
+                    evicted.push(r);
+                }
                 None => break,
             }
         }
@@ -238,6 +243,8 @@ impl ProfileStore {
                 st.slowest.insert(at, record);
             }
         }
+        drop(st);
+        drop(evicted);
     }
 
     /// All records kept (ring and slowest), newest first.
