@@ -20,9 +20,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let resolver = ClientIpResolver::new(TrustedProxies::loopback());
     #[cfg(feature = "tenant")]
     let tenant_layer = tenants::layer()?;
+    // Request profiler (feature `profiler`): the UI under /_profiler/ is closed by
+    // default, opened here to loopback peers; its own pages are not profiled.
+    #[cfg(feature = "profiler")]
+    let (profiler, ui) = {
+        use tower_rampart::profiler::{ProfilerLayer, ProfilerUi};
+        let profiler =
+            ProfilerLayer::new().sample_with(|r| !r.uri().path().starts_with("/_profiler"));
+        let ui = ProfilerUi::new(profiler.store()).authorize(|parts| {
+            parts
+                .extensions
+                .get::<PeerAddr>()
+                .is_some_and(|p| p.0.ip().is_loopback())
+        });
+        (profiler, ui)
+    };
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
+        #[cfg(feature = "profiler")]
+        let ui = ui.clone();
         let svc = ServiceBuilder::new()
             .map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
@@ -30,7 +47,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .service(service_fn(move |req: Request<Incoming>| {
                 let ip = resolver.resolve(&req).map(|ip| ip.to_string());
+                #[cfg(feature = "profiler")]
+                let ui = ui.clone();
                 async move {
+                    #[cfg(feature = "profiler")]
+                    if req.uri().path().starts_with("/_profiler") {
+                        return tower::ServiceExt::oneshot(ui, req).await;
+                    }
                     let text = format!("hello, {}\n", ip.as_deref().unwrap_or("stranger"));
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                 }
@@ -38,6 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // With `--features tenant`: `curl -H 'X-Tenant-ID: acme' localhost:3001/`.
         #[cfg(feature = "tenant")]
         let svc = tower::Layer::layer(&tenant_layer, svc);
+        #[cfg(feature = "profiler")]
+        let svc = tower_layer::Layer::layer(&profiler, svc);
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));

@@ -2,6 +2,11 @@
 //! `cargo run --example tonic`, then call `grpc.health.v1.Health/Check` on 127.0.0.1:50051.
 //!
 //! tonic records the peer in `TcpConnectInfo`, which the `tonic` feature reads.
+//!
+//! Profiler (feature `profiler`): `Server::builder().layer(ProfilerLayer::new())` profiles
+//! each call (route = the `/package.Service/Method` path; the gRPC status is in the
+//! trailers, so records show HTTP 200), and `query_capture_layer()` on the `tracing`
+//! registry attributes the calls' sqlx queries; serve `ProfilerUi` from an HTTP router.
 
 use tower::ServiceBuilder;
 use tower_rampart::client_ip::ClientIpResolver;

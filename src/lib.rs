@@ -9,7 +9,7 @@
 //! | `csp`              | `csp`                  | see the README    |
 //! | `tenant`           | `tenant`               | available         |
 //! | `cache`            | `cache`                | see the README    |
-//! | `profiler`         | `profiler`             | see the README    |
+//! | `profiler`         | `profiler`             | available         |
 //!
 //! Code shared by every layer lives here once and is reused:
 //!
@@ -45,3 +45,6 @@ pub mod key;
 #[cfg(feature = "tenant")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tenant")))]
 pub mod tenant;
+#[cfg(feature = "profiler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "profiler")))]
+pub mod profiler;

@@ -1,0 +1,730 @@
+//! [`ProfilerLayer`], the [`Profiler`] service, its future and its body.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Buf;
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+
+use super::{
+    capture::{Collector, request_span},
+    record::RequestRecord,
+    redact::{redact_headers, redact_query},
+    store::{ProfileStore, StoreLimits},
+};
+use crate::{error::ConfigError, identity::IdentityReader};
+
+/// The parts of a request a sampling closure can look at.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::profiler::ProfilerLayer;
+///
+/// // Profile only the API.
+/// let layer = ProfilerLayer::new().sample_with(|r| r.uri().path().starts_with("/api/"));
+/// # let _ = layer;
+/// ```
+#[derive(Debug)]
+pub struct SampleRequest<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+}
+
+impl SampleRequest<'_> {
+    /// The method.
+    pub fn method(&self) -> &Method {
+        self.method
+    }
+    /// The URI.
+    pub fn uri(&self) -> &Uri {
+        self.uri
+    }
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+    /// The extensions (the user, the tenant…).
+    pub fn extensions(&self) -> &Extensions {
+        self.extensions
+    }
+}
+
+type SampleFn = dyn Fn(&SampleRequest<'_>) -> bool + Send + Sync;
+
+#[derive(Clone)]
+enum Sampler {
+    /// Out of `u64::MAX`; `u64::MAX` means always.
+    Ratio(u64),
+    Custom(Arc<SampleFn>),
+}
+
+/// The profiler's settings as a configuration file describes them.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::profiler::{ProfilerConfig, ProfilerLayer};
+///
+/// let cfg: ProfilerConfig = serde_json::from_str(
+///     r#"{"sample_percent": 10.0, "store": {"max_records": 500}}"#,
+/// ).unwrap();
+/// let layer = ProfilerLayer::from_config(&cfg).unwrap();
+/// assert_eq!(layer.store().limits().max_records, 500);
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilerConfig {
+    /// Percentage of requests profiled, 0 to 100. By default, 100.
+    pub sample_percent: f64,
+    /// Whether to add a `Server-Timing` header. By default, `true`.
+    pub server_timing: bool,
+    /// Consecutive executions of one statement that make an N+1 finding. By default, 5.
+    pub n_plus_one_threshold: usize,
+    /// Queries kept per request (the rest are counted). By default, 1000.
+    pub max_queries_per_request: usize,
+    /// Whether to record `metrics` histograms. By default, `true`.
+    pub metrics: bool,
+    /// What the store keeps.
+    pub store: StoreLimits,
+}
+
+impl Default for ProfilerConfig {
+    fn default() -> Self {
+        Self {
+            sample_percent: 100.0,
+            server_timing: true,
+            n_plus_one_threshold: 5,
+            max_queries_per_request: 1000,
+            metrics: true,
+            store: StoreLimits::default(),
+        }
+    }
+}
+
+/// Profiles requests: timings, status, size, identity, the database queries made while
+/// serving them, N+1 findings; optional `Server-Timing` header and `metrics` histograms.
+///
+/// Records go to a [`ProfileStore`] (see [`ProfilerLayer::store`]) and are shown by
+/// [`ProfilerUi`](super::ProfilerUi). Queries are attributed when the
+/// [`query_capture_layer`](super::query_capture_layer) is installed on the `tracing`
+/// subscriber.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::profiler::{ProfilerLayer, ProfilerUi};
+///
+/// let profiler = ProfilerLayer::new().sample_percent(25.0).unwrap().server_timing(false);
+/// let ui = ProfilerUi::new(profiler.store()).authorize(|_parts| false);
+/// # let _ = ui;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct ProfilerLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    store: ProfileStore,
+    sampler: Sampler,
+    server_timing: bool,
+    n_plus_one_threshold: usize,
+    max_queries: usize,
+    metrics: bool,
+    identity: IdentityReader,
+    counter: Arc<AtomicU64>,
+}
+
+impl Default for ProfilerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ProfilerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        let sampler = match &s.sampler {
+            Sampler::Ratio(r) => format!("ratio({r})"),
+            Sampler::Custom(_) => "closure".to_owned(),
+        };
+        f.debug_struct("ProfilerLayer")
+            .field("store", &s.store)
+            .field("sampler", &sampler)
+            .field("server_timing", &s.server_timing)
+            .field("n_plus_one_threshold", &s.n_plus_one_threshold)
+            .field("max_queries", &s.max_queries)
+            .field("metrics", &s.metrics)
+            .field("identity", &s.identity)
+            .finish()
+    }
+}
+
+impl ProfilerLayer {
+    /// A profiler with the defaults: every request sampled, `Server-Timing` on, N+1 at 5,
+    /// `metrics` on, a store of the last 1000 records within 32 MiB plus the 50 slowest.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store: ProfileStore::default(),
+                sampler: Sampler::Ratio(u64::MAX),
+                server_timing: true,
+                n_plus_one_threshold: 5,
+                max_queries: 1000,
+                metrics: true,
+                identity: IdentityReader::new(),
+                counter: Arc::new(AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    /// A profiler from a configuration file's settings.
+    ///
+    /// # Errors
+    ///
+    /// When a value is out of range (see the setters).
+    pub fn from_config(cfg: &ProfilerConfig) -> Result<Self, ConfigError> {
+        Self::new()
+            .with_store(ProfileStore::new(cfg.store)?)
+            .sample_percent(cfg.sample_percent)?
+            .n_plus_one_threshold(cfg.n_plus_one_threshold)
+            .map(|l| {
+                l.server_timing(cfg.server_timing)
+                    .max_queries_per_request(cfg.max_queries_per_request)
+                    .metrics(cfg.metrics)
+            })
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// The store records go to (a handle: clones share it).
+    pub fn store(&self) -> ProfileStore {
+        self.shared.store.clone()
+    }
+
+    /// Uses this store (for example one shared by several routers).
+    /// By default, a store with [`StoreLimits::default`].
+    pub fn with_store(self, store: ProfileStore) -> Self {
+        self.edit(|s| s.store = store)
+    }
+
+    /// Profiles this percentage of requests, chosen uniformly.
+    /// By default, 100 (every request).
+    ///
+    /// # Errors
+    ///
+    /// When `percent` is not within 0 to 100.
+    pub fn sample_percent(self, percent: f64) -> Result<Self, ConfigError> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(ConfigError::new(format!(
+                "profiler: sample_percent = {percent} must be between 0 and 100 \
+                 (for example 10.0 to profile one request in ten)"
+            )));
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let ratio = if percent >= 100.0 {
+            u64::MAX
+        } else {
+            (percent / 100.0 * u64::MAX as f64) as u64
+        };
+        Ok(self.edit(|s| s.sampler = Sampler::Ratio(ratio)))
+    }
+
+    /// Profiles the requests for which `f` answers `true` (for example only some routes,
+    /// or a header set by a developer). Replaces the percentage. By default, every request.
+    pub fn sample_with<F>(self, f: F) -> Self
+    where
+        F: Fn(&SampleRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.edit(|s| s.sampler = Sampler::Custom(Arc::new(f)))
+    }
+
+    /// Adds a `Server-Timing` header (`total;dur=…, db;dur=…;desc="N queries"`) to
+    /// profiled responses (`total` only on others). By default, `true`.
+    pub fn server_timing(self, on: bool) -> Self {
+        self.edit(|s| s.server_timing = on)
+    }
+
+    /// Consecutive executions of one statement after a source query that make an N+1
+    /// finding. By default, 5.
+    ///
+    /// # Errors
+    ///
+    /// When `n` is under 2.
+    pub fn n_plus_one_threshold(self, n: usize) -> Result<Self, ConfigError> {
+        if n < 2 {
+            return Err(ConfigError::new(format!(
+                "profiler: n_plus_one_threshold = {n} must be at least 2 (the default is 5)"
+            )));
+        }
+        Ok(self.edit(|s| s.n_plus_one_threshold = n))
+    }
+
+    /// Queries kept per request; further ones are only counted. By default, 1000.
+    pub fn max_queries_per_request(self, n: usize) -> Self {
+        self.edit(|s| s.max_queries = n)
+    }
+
+    /// Records the `metrics` histograms `rampart_profiler_request_duration_seconds`
+    /// (labels `method`, `route`, `status`; every request, sampled or not) and
+    /// `rampart_profiler_queries_per_request` (label `route`; profiled requests).
+    /// By default, `true`.
+    pub fn metrics(self, on: bool) -> Self {
+        self.edit(|s| s.metrics = on)
+    }
+
+    /// How to read the user and tenant from request extensions.
+    /// By default, [`IdentityReader::new`] (anonymous, no tenant).
+    pub fn identity(self, reader: IdentityReader) -> Self {
+        self.edit(|s| s.identity = reader)
+    }
+}
+
+impl<S> Layer<S> for ProfilerLayer {
+    type Service = Profiler<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Profiler {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service built by [`ProfilerLayer`].
+///
+/// # Example
+///
+/// ```
+/// use tower::{ServiceExt, service_fn};
+/// use tower_layer::Layer;
+/// use tower_rampart::profiler::ProfilerLayer;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let profiler = ProfilerLayer::new();
+/// let svc = profiler.layer(service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+/// }));
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert!(res.headers()["server-timing"].to_str().unwrap().starts_with("total;dur="));
+/// drop(res); // the record is finished when the body ends (or is dropped)
+/// assert_eq!(profiler.store().records()[0].response_bytes, 0);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Profiler<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for Profiler<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Profiler").finish_non_exhaustive()
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Shared {
+    fn sampled<B>(&self, req: &Request<B>) -> bool {
+        match &self.sampler {
+            Sampler::Ratio(u64::MAX) => true,
+            Sampler::Ratio(0) => false,
+            Sampler::Ratio(r) => splitmix(self.counter.fetch_add(1, Ordering::Relaxed)) < *r,
+            Sampler::Custom(f) => f(&SampleRequest {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            }),
+        }
+    }
+}
+
+/// The matched route, else the path with id-like segments replaced by `{id}` so that
+/// metrics labels stay bounded.
+fn route_of<B>(req: &Request<B>) -> String {
+    #[cfg(feature = "axum")]
+    if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
+        return m.as_str().to_owned();
+    }
+    generic_route(req.uri().path())
+}
+
+fn generic_route(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let hexish = seg.len() >= 16 && seg.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        let numeric = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit());
+        if hexish || numeric {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    if out.len() > 200 {
+        out.truncate(200);
+    }
+    out
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn draft_record<B>(
+    id: u64,
+    route: &str,
+    req: &Request<B>,
+    identity: IdentityReader,
+) -> RequestRecord {
+    let ext = req.extensions();
+    RequestRecord {
+        id,
+        request_id: req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(128).collect()),
+        method: req.method().as_str().to_owned(),
+        path: truncated(req.uri().path(), 2048).to_owned(),
+        route: route.to_owned(),
+        query: req
+            .uri()
+            .query()
+            .map(|q| redact_query(&q.chars().take(2048).collect::<String>())),
+        status: 0,
+        started_at_ms: unix_ms(),
+        duration_ms: 0.0,
+        response_bytes: 0,
+        tenant: identity
+            .tenant_id(ext)
+            .or_else(|| identity.principal_tenant_id(ext))
+            .map(str::to_owned),
+        user: identity.user_id(ext).map(str::to_owned),
+        request_headers: redact_headers(req.headers()),
+        response_headers: Vec::new(),
+        queries: Vec::new(),
+        query_count: 0,
+        queries_dropped: 0,
+        db_ms: 0.0,
+        similar: Vec::new(),
+        n_plus_one: Vec::new(),
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Profiler<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    type Response = Response<ProfiledBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let sh = &self.shared;
+        let route = route_of(&req);
+        let method = req.method().clone();
+        let (collector, span) = if sh.sampled(&req) {
+            let id = sh.store.next_id();
+            let c = Arc::new(Collector::new(
+                start,
+                draft_record(id, &route, &req, sh.identity),
+                sh.store.clone(),
+                sh.n_plus_one_threshold,
+                sh.max_queries,
+                sh.metrics,
+            ));
+            let span = request_span(&c, id);
+            (Some(c), span)
+        } else {
+            (None, Span::none())
+        };
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture {
+            inner,
+            span,
+            state: Some(Guard {
+                start,
+                method,
+                route,
+                status: 0,
+                bytes: 0,
+                collector,
+                metrics: sh.metrics,
+            }),
+            server_timing: sh.server_timing,
+        }
+    }
+}
+
+/// A metrics label for the method, without allocating for the standard ones.
+fn method_label(m: &Method) -> metrics::SharedString {
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    match STANDARD.iter().find(|(s, _)| s == m) {
+        Some((_, name)) => metrics::SharedString::const_str(name),
+        None => metrics::SharedString::from(m.as_str().to_owned()),
+    }
+}
+
+/// Finishes the profile when dropped: at the end of the body, or when the body or the
+/// future is dropped early.
+struct Guard {
+    start: Instant,
+    method: Method,
+    route: String,
+    status: u16,
+    bytes: u64,
+    collector: Option<Arc<Collector>>,
+    metrics: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        if self.metrics {
+            metrics::histogram!(
+                "rampart_profiler_request_duration_seconds",
+                "method" => method_label(&self.method),
+                "route" => self.route.clone(),
+                "status" => self.status.to_string(),
+            )
+            .record(elapsed.as_secs_f64());
+        }
+        if let Some(c) = &self.collector {
+            let mut d = c.lock();
+            d.record.status = self.status;
+            d.record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+            d.record.response_bytes = self.bytes;
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Profiler`]: polls the inner future inside the request's span.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        state: Option<Guard>,
+        server_timing: bool,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
+{
+    type Output = Result<Response<ProfiledBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.span.enter();
+            ready!(this.inner.poll(cx))
+        };
+        let Some(mut guard) = this.state.take() else {
+            // Polled after completion: the inner future decides what that means.
+            return Poll::Pending;
+        };
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let (mut parts, body) = res.into_parts();
+        guard.status = parts.status.as_u16();
+        if *this.server_timing {
+            let total = guard.start.elapsed().as_secs_f64() * 1000.0;
+            let value = match &guard.collector {
+                Some(c) => {
+                    let (n, db) = c.db_summary();
+                    let plural = if n == 1 { "query" } else { "queries" };
+                    format!("total;dur={total:.3}, db;dur={db:.3};desc=\"{n} {plural}\"")
+                }
+                None => format!("total;dur={total:.3}"),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                parts.headers.append(SERVER_TIMING, v);
+            }
+        }
+        if let Some(c) = &guard.collector {
+            c.lock().record.response_headers = redact_headers(&parts.headers);
+        }
+        let span = std::mem::replace(this.span, Span::none());
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            ProfiledBody {
+                inner: body,
+                span,
+                guard: Some(guard),
+            },
+        )))
+    }
+}
+
+pin_project! {
+    /// The response body of [`Profiler`]: counts the bytes sent and finishes the profile
+    /// when the body ends (or is dropped). Frames pass through unchanged.
+    pub struct ProfiledBody<B> {
+        #[pin]
+        inner: B,
+        span: Span,
+        guard: Option<Guard>,
+    }
+}
+
+impl<B> fmt::Debug for ProfiledBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProfiledBody")
+            .field("finished", &self.guard.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for ProfiledBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = {
+            let _entered = this.span.enter();
+            this.inner.as_mut().poll_frame(cx)
+        };
+        let ended = match &polled {
+            Poll::Pending => false,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(g), Some(d)) = (this.guard.as_mut(), frame.data_ref()) {
+                    g.bytes += d.remaining() as u64;
+                }
+                this.inner.is_end_stream()
+            }
+            Poll::Ready(_) => true,
+        };
+        if ended {
+            this.guard.take();
+            *this.span = Span::none();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_routes_hide_ids() {
+        assert_eq!(generic_route("/orders/42/items"), "/orders/{id}/items");
+        assert_eq!(
+            generic_route("/u/3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
+            "/u/{id}"
+        );
+        assert_eq!(generic_route("/health/"), "/health/");
+        assert!(generic_route(&"/a".repeat(300)).len() <= 200);
+        assert_eq!(truncated("aé", 2), "a");
+        assert_eq!(truncated("abc", 5), "abc");
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        assert!(ProfilerLayer::new().sample_percent(101.0).is_err());
+        assert!(ProfilerLayer::new().sample_percent(f64::NAN).is_err());
+        assert!(ProfilerLayer::new().n_plus_one_threshold(1).is_err());
+        let e = ProfilerLayer::new().sample_percent(-1.0).unwrap_err();
+        assert!(e.message().contains("between 0 and 100"));
+        let cfg = ProfilerConfig {
+            store: StoreLimits::default().max_records(0),
+            ..ProfilerConfig::default()
+        };
+        assert!(ProfilerLayer::from_config(&cfg).is_err());
+        assert!(format!("{:?}", ProfilerLayer::new().sample_with(|_| true)).contains("closure"));
+    }
+}

@@ -1,0 +1,249 @@
+//! Masking of credentials before anything is stored.
+
+use http::HeaderMap;
+
+/// What replaces a sensitive value.
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers that always carry credentials.
+const SENSITIVE_HEADERS: [&str; 8] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-csrf-token",
+];
+
+/// Name fragments that mark a header, query or form field as sensitive.
+const SENSITIVE_FRAGMENTS: [&str; 8] = [
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "key",
+    "signature",
+    "session",
+    "credential",
+];
+
+/// Whether a header's value must be masked: `Authorization`, `Proxy-Authorization`,
+/// `Cookie`, `Set-Cookie`, API-key headers, and any header whose name contains
+/// `password`, `token`, `secret`, `key`, `signature`, `session` or `credential`.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::profiler::is_sensitive_header;
+///
+/// assert!(is_sensitive_header("Authorization"));
+/// assert!(is_sensitive_header("x-api-key"));
+/// assert!(!is_sensitive_header("accept"));
+/// ```
+pub fn is_sensitive_header(name: &str) -> bool {
+    SENSITIVE_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+        || is_sensitive_field(name)
+}
+
+/// Whether a query-string or form field must be masked: its name (case-insensitive)
+/// contains `password`, `passwd`, `token`, `secret`, `key`, `signature`, `session` or
+/// `credential` (so `api_key`, `X-Amz-Signature`, `access_token` are all masked).
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::profiler::is_sensitive_field;
+///
+/// assert!(is_sensitive_field("access_token"));
+/// assert!(!is_sensitive_field("page"));
+/// ```
+pub fn is_sensitive_field(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    SENSITIVE_FRAGMENTS.iter().any(|f| {
+        bytes
+            .windows(f.len())
+            .any(|w| w.eq_ignore_ascii_case(f.as_bytes()))
+    })
+}
+
+/// Masks the values of sensitive fields in a query string or an
+/// `application/x-www-form-urlencoded` body. Field names are percent-decoded before they
+/// are matched, so `pass%77ord` is caught too; everything else is kept as sent.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::profiler::redact_query;
+///
+/// assert_eq!(redact_query("page=2&token=abc&Password=x"), "page=2&token=[redacted]&Password=[redacted]");
+/// ```
+pub fn redact_query(query: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (name, value) = match pair.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (pair, None),
+        };
+        out.push_str(name);
+        if let Some(v) = value {
+            out.push('=');
+            if is_sensitive_field(&percent_decode(name)) {
+                out.push_str(REDACTED);
+            } else {
+                out.push_str(v);
+            }
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Copies headers into `(name, value)` pairs with sensitive values masked. Values that are
+/// not visible ASCII are shown as `[binary]`. At most 100 headers and 1 KiB per value are kept.
+pub(crate) fn redact_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .take(100)
+        .map(|(name, value)| {
+            let v = if is_sensitive_header(name.as_str()) {
+                REDACTED.to_owned()
+            } else {
+                match value.to_str() {
+                    Ok(s) if s.len() > 1024 => {
+                        let mut cut = 1024;
+                        while !s.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        format!("{}…", &s[..cut])
+                    }
+                    Ok(s) => s.to_owned(),
+                    Err(_) => "[binary]".to_owned(),
+                }
+            };
+            (name.as_str().to_owned(), v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    #[test]
+    fn each_sensitive_header_is_masked() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+            "x-api-key",
+            "api-key",
+            "x-auth-token",
+            "x-csrf-token",
+            "x-amz-security-token",
+            "x-client-secret",
+            "x-hub-signature",
+        ] {
+            h.insert(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static("s3cr3t-value"),
+            );
+        }
+        h.insert("accept", HeaderValue::from_static("text/html"));
+        h.insert("x-bin", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        h.insert("x-long", HeaderValue::from_str(&"a".repeat(2000)).unwrap());
+        let out = redact_headers(&h);
+        let get = |n: &str| out.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        for (k, v) in &out {
+            assert!(!v.contains("s3cr3t"), "{k} leaked");
+        }
+        assert_eq!(get("authorization"), Some(REDACTED));
+        assert_eq!(get("set-cookie"), Some(REDACTED));
+        assert_eq!(get("accept"), Some("text/html"));
+        assert_eq!(get("x-bin"), Some("[binary]"));
+        assert!(get("x-long").unwrap().len() < 1100);
+    }
+
+    #[test]
+    fn each_sensitive_field_is_masked() {
+        for name in [
+            "password",
+            "new_password",
+            "passwd",
+            "token",
+            "access_token",
+            "client_secret",
+            "key",
+            "api_key",
+            "apiKey",
+            "signature",
+            "X-Amz-Signature",
+            "sessionid",
+            "pass%77ord",
+        ] {
+            let q = format!("page=1&{name}=hunter2&sort=asc");
+            let r = redact_query(&q);
+            assert!(!r.contains("hunter2"), "{name}: {r}");
+            assert!(r.starts_with("page=1&") && r.ends_with("&sort=asc"), "{r}");
+        }
+        assert_eq!(redact_query("flag&a=1"), "flag&a=1");
+        assert_eq!(redact_query(""), "");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("a%zz+b"), "a%zz b");
+    }
+
+    proptest! {
+        #[test]
+        fn redaction_never_leaks_sensitive_values(name in "[a-z_]{0,6}(token|secret|password|key)[a-z_]{0,6}", value in "[a-zA-Z0-9]{8,20}", other in "[a-d]{1,5}=[a-d0-9]{0,5}") {
+            let q = format!("{other}&{name}={value}");
+            let r = redact_query(&q);
+            let leaked = format!("={value}");
+            prop_assert!(!r.contains(&leaked));
+            prop_assert!(r.starts_with(&other));
+        }
+    }
+}
