@@ -39,6 +39,12 @@
 
 pub mod body;
 pub mod client_ip;
+#[cfg(feature = "csp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "csp")))]
+pub mod csp;
 pub mod error;
 pub mod identity;
 pub mod key;
+#[cfg(feature = "security-headers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "security-headers")))]
+pub mod security_headers;
