@@ -43,6 +43,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "security-headers")]
 pub(crate) use layer::{CompiledCsp, CspSettings};
 pub use layer::{CspLayer, CspLayerBuilder, CspNonce, CspService, ResponseFuture};
 pub use policy::{Csp, Directive};

@@ -329,10 +329,13 @@ impl Csp {
         directive: Directive,
         sources: impl IntoIterator<Item = Source>,
     ) -> Self {
-        let entry = self
-            .directives
-            .entry(directive)
-            .or_insert_with(|| Value::Sources(Vec::new()));
+        let entry = self.directives.entry(directive).or_insert_with(|| {
+            if directive.kind() == Kind::Sources {
+                Value::Sources(Vec::new())
+            } else {
+                Value::Tokens(Vec::new())
+            }
+        });
         match entry {
             Value::Sources(list) => {
                 for s in sources {

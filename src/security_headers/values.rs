@@ -420,7 +420,9 @@ impl PermissionsPolicy {
             ));
         }
         let mut out = String::new();
-        for (feature, allow) in &self.features {
+        let mut sorted: Vec<_> = self.features.iter().collect();
+        sorted.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        for (feature, allow) in sorted {
             let name = feature.name();
             if name.is_empty()
                 || !name
