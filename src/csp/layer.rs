@@ -106,7 +106,8 @@ impl CompiledPolicy {
             })?;
             None
         };
-        let len = segments.iter().map(|s| s.len()).sum::<usize>() + (segments.len() - 1) * 24;
+        let len = segments.iter().map(std::string::String::len).sum::<usize>()
+            + (segments.len() - 1) * 24;
         Ok(Self {
             fixed,
             segments: segments.into_iter().map(String::into_boxed_str).collect(),
@@ -176,12 +177,12 @@ impl CspSettings {
             };
             csp.validate()
                 .map_err(|e| ConfigError::new(format!("{which}: {e}")))?;
-            if let Some(name) = csp.report_to_endpoint() {
-                if !self.endpoints.iter().any(|(n, _)| n == name) {
-                    return Err(ConfigError::new(format!(
-                        "{which} reports to endpoint `{name}`, which is not declared: add .reporting_endpoint(\"{name}\", \"https://…/csp-reports\") so the Reporting-Endpoints header names it"
-                    )));
-                }
+            if let Some(name) = csp.report_to_endpoint()
+                && !self.endpoints.iter().any(|(n, _)| n == name)
+            {
+                return Err(ConfigError::new(format!(
+                    "{which} reports to endpoint `{name}`, which is not declared: add .reporting_endpoint(\"{name}\", \"https://…/csp-reports\") so the Reporting-Endpoints header names it"
+                )));
             }
             if report_only {
                 for d in csp.ignored_in_report_only() {
@@ -271,18 +272,17 @@ impl CompiledCsp {
                 header::CONTENT_SECURITY_POLICY_REPORT_ONLY,
             ),
         ] {
-            if let Some(policy) = policy {
-                if overwrite || !headers.contains_key(&name) {
-                    if let Some(v) = policy.value(nonce) {
-                        headers.insert(name, v);
-                    }
-                }
+            if let Some(policy) = policy
+                && (overwrite || !headers.contains_key(&name))
+                && let Some(v) = policy.value(nonce)
+            {
+                headers.insert(name, v);
             }
         }
-        if let Some(v) = &self.reporting_endpoints {
-            if overwrite || !headers.contains_key(REPORTING_ENDPOINTS) {
-                headers.insert(REPORTING_ENDPOINTS, v.clone());
-            }
+        if let Some(v) = &self.reporting_endpoints
+            && (overwrite || !headers.contains_key(REPORTING_ENDPOINTS))
+        {
+            headers.insert(REPORTING_ENDPOINTS, v.clone());
         }
     }
 }

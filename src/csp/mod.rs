@@ -49,7 +49,7 @@ pub use layer::{CspLayer, CspLayerBuilder, CspNonce, CspService, ResponseFuture}
 pub use policy::{Csp, Directive};
 pub use report::{
     CspViolation, ReportError, ReportErrorKind, ReportFormat, ReportFuture, ReportReceiver,
-    parse_reports,
+    ReportResponse, parse_reports,
 };
 pub use source::{HashAlgorithm, Source};
 

@@ -748,12 +748,12 @@ fn validate_tokens(directive: Directive, tokens: &[String]) -> Result<(), Config
                 )));
             }
         }
-        Directive::RequireTrustedTypesFor => {
-            if tokens.len() != 1 || !tokens[0].eq_ignore_ascii_case("'script'") {
-                return Err(ConfigError::new(
-                    "require-trusted-types-for takes exactly 'script' (quoted): use .require_trusted_types_for_script()",
-                ));
-            }
+        Directive::RequireTrustedTypesFor
+            if (tokens.len() != 1 || !tokens[0].eq_ignore_ascii_case("'script'")) =>
+        {
+            return Err(ConfigError::new(
+                "require-trusted-types-for takes exactly 'script' (quoted): use .require_trusted_types_for_script()",
+            ));
         }
         Directive::TrustedTypes => {
             for t in tokens {

@@ -428,9 +428,12 @@ impl ReportReceiver {
     }
 }
 
+/// The response type of [`ReportReceiver`].
+pub type ReportResponse = Response<ResponseBody<Empty<Bytes>>>;
+
 /// The future of [`ReportReceiver`]: boxed once, since the body must be read first.
 pub struct ReportFuture {
-    inner: Pin<Box<dyn Future<Output = Response<ResponseBody<Empty<Bytes>>>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = ReportResponse> + Send>>,
 }
 
 impl fmt::Debug for ReportFuture {
@@ -489,10 +492,10 @@ impl ReportReceiver {
             .unwrap_or_default()
             .to_owned();
         // Check the media type before reading the body.
-        if let Err(e) = parse_reports(&content_type, b"") {
-            if e.kind == ReportErrorKind::UnsupportedMediaType {
-                return Self::reject(e);
-            }
+        if let Err(e) = parse_reports(&content_type, b"")
+            && e.kind == ReportErrorKind::UnsupportedMediaType
+        {
+            return Self::reject(e);
         }
         let too_large = || {
             ReportError::new(

@@ -384,10 +384,10 @@ fn check_host(h: &str) -> Result<(), ConfigError> {
         Some((host, port)) => (host, Some(port)),
         None => (authority, None),
     };
-    if let Some(port) = port {
-        if !(port == "*" || (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))) {
-            return Err(invalid("the port must be digits or `*`"));
-        }
+    if let Some(port) = port
+        && !(port == "*" || (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())))
+    {
+        return Err(invalid("the port must be digits or `*`"));
     }
     let labels = host.strip_prefix("*.").unwrap_or(host);
     if host != "*"

@@ -362,7 +362,7 @@ impl SecurityHeadersBuilder {
                 .map_err(|e| ConfigError::new(format!("route `{prefix}`: {e}")))?;
             routes.push((prefix.trim_end_matches('/').to_owned(), compiled));
         }
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         let default = self.compile()?;
         Ok(SecurityHeadersLayer {
             shared: Arc::new(Shared {
@@ -729,6 +729,7 @@ where
 impl Pending {
     fn apply(&self, headers: &mut HeaderMap) {
         let set = self.shared.set(self.route);
+        headers.reserve(set.fixed.len() + 4);
         for name in &set.remove {
             headers.remove(name);
         }
@@ -737,12 +738,11 @@ impl Pending {
                 headers.insert(name.clone(), value.clone());
             }
         }
-        if self.https {
-            if let Some((value, overwrite)) = &set.hsts {
-                if *overwrite || !headers.contains_key(header::STRICT_TRANSPORT_SECURITY) {
-                    headers.insert(header::STRICT_TRANSPORT_SECURITY, value.clone());
-                }
-            }
+        if self.https
+            && let Some((value, overwrite)) = &set.hsts
+            && (*overwrite || !headers.contains_key(header::STRICT_TRANSPORT_SECURITY))
+        {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, value.clone());
         }
         if self.no_store && (set.no_store_overwrite || !headers.contains_key(header::CACHE_CONTROL))
         {
