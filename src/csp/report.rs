@@ -323,7 +323,7 @@ type Hook = Arc<dyn Fn(&CspViolation) + Send + Sync>;
 /// let receiver = ReportReceiver::new().on_violation(|v| assert_eq!(v.effective_directive, "img-src"));
 /// let req = Request::post("/csp-reports")
 ///     .header("content-type", "application/reports+json")
-///     .body(http_body_util::Full::from(
+///     .body(http_body_util::Full::<bytes::Bytes>::from(
 ///         r#"[{"type":"csp-violation","url":"https://example.com/","body":{"documentURL":"https://example.com/","effectiveDirective":"img-src","blockedURL":"https://evil.example/x.png","disposition":"enforce"}}]"#,
 ///     ))
 ///     .unwrap();
