@@ -102,6 +102,22 @@ impl SecurityHeadersBuilder {
         }
     }
 
+    pub(super) fn current(&self) -> super::config::Current {
+        super::config::Current {
+            cross_origin_opener_policy: self.coop,
+            cross_origin_resource_policy: self.corp,
+            cross_origin_embedder_policy: self.coep,
+            referrer_policy: self.referrer_policy,
+            hsts: self.hsts,
+            dns_prefetch_control: self.dns_prefetch,
+            frame_options: self.frame_options,
+            permitted_cross_domain_policies: self.cross_domain,
+            permissions_policy: self.permissions.clone(),
+            #[cfg(feature = "csp")]
+            csp: self.csp.enforce.clone(),
+        }
+    }
+
     /// `Cross-Origin-Opener-Policy`.
     ///
     /// By default, `same-origin`.

@@ -17,6 +17,8 @@
 //! - With the `csp` feature the layer also sends the [`Csp`](crate::csp::Csp) policies with
 //!   a fresh nonce per response (see [`crate::csp`]).
 //!
+//! [`SecurityHeadersConfig`] describes the same configuration in a TOML or JSON file.
+//!
 //! See `docs/security-headers.md` for the guide.
 //!
 //! # Example
@@ -58,12 +60,14 @@
 //! # }
 //! ```
 
+mod config;
 mod layer;
 mod values;
 
 #[cfg(test)]
 mod tests;
 
+pub use config::{Preset, SecurityHeadersConfig, Setting};
 pub use layer::{ResponseFuture, SecurityHeaders, SecurityHeadersBuilder, SecurityHeadersLayer};
 pub use values::{
     Allowlist, CrossOriginEmbedderPolicy, CrossOriginOpenerPolicy, CrossOriginResourcePolicy,
