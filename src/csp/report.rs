@@ -379,7 +379,7 @@ impl ReportReceiver {
         self
     }
 
-    fn reject(err: ReportError) -> Response<ResponseBody<Empty<Bytes>>> {
+    pub(super) fn reject(err: ReportError) -> Response<ResponseBody<Empty<Bytes>>> {
         metrics::counter!("rampart_csp_reports_rejected_total", "reason" => err.kind.label())
             .increment(1);
         tracing::debug!(target: "tower_rampart::csp", reason = err.kind.label(), detail = %err.detail, "CSP report refused");
@@ -398,7 +398,10 @@ impl ReportReceiver {
         res
     }
 
-    fn accept(&self, violations: &[CspViolation]) -> Response<ResponseBody<Empty<Bytes>>> {
+    pub(super) fn accept(
+        &self,
+        violations: &[CspViolation],
+    ) -> Response<ResponseBody<Empty<Bytes>>> {
         for v in violations {
             let directive = directive_label(&v.effective_directive);
             metrics::counter!(

@@ -712,3 +712,166 @@ fn nonce_debug_and_display() {
     assert_eq!(format!("{n:?}"), format!("CspNonce({:?})", n.as_str()));
     assert_eq!(n.to_string(), n.as_str());
 }
+
+/// Counts WARN events (a minimal subscriber; no extra dependency).
+#[derive(Default)]
+struct WarnCounter(std::sync::atomic::AtomicUsize, Mutex<Vec<String>>);
+
+impl tracing::Subscriber for WarnCounter {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            struct V<'a>(&'a mut Vec<String>);
+            impl tracing::field::Visit for V<'_> {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.push(format!("{}={v:?}", f.name()));
+                }
+            }
+            event.record(&mut V(&mut self.1.lock().unwrap()));
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn report_only_warns_about_ignored_directives() {
+    let counter = Arc::new(WarnCounter::default());
+    tracing::subscriber::with_default(counter.clone(), || {
+        let _layer = CspLayer::builder()
+            .enforce(
+                base()
+                    .sandbox(["allow-scripts"])
+                    .upgrade_insecure_requests(),
+            )
+            .build()
+            .unwrap();
+    });
+    assert_eq!(
+        counter.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "enforced: no warning"
+    );
+    tracing::subscriber::with_default(counter.clone(), || {
+        let _layer = CspLayer::builder()
+            .report_only(
+                base()
+                    .sandbox(["allow-scripts"])
+                    .upgrade_insecure_requests(),
+            )
+            .build()
+            .unwrap();
+    });
+    assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let fields = counter.1.lock().unwrap().join(" ");
+    assert!(fields.contains("directive=\"sandbox\""), "{fields}");
+    assert!(
+        fields.contains("directive=\"upgrade-insecure-requests\""),
+        "{fields}"
+    );
+}
+
+#[tokio::test]
+async fn receiver_emits_a_warning_per_violation() {
+    let counter = Arc::new(WarnCounter::default());
+    let _guard = tracing::subscriber::set_default(counter.clone());
+    let (s, _, _) = answer(
+        ReportReceiver::new(),
+        post("application/reports+json", REPORTS_JSON),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let fields = counter.1.lock().unwrap().join(" ");
+    assert!(
+        fields.contains("effective_directive=script-src-elem"),
+        "{fields}"
+    );
+}
+
+/// Records counter increments by name and labels (a minimal `metrics` recorder).
+#[derive(Default)]
+struct Counters(Arc<Mutex<Vec<String>>>);
+
+struct OneCounter(String, Arc<Mutex<Vec<String>>>);
+
+impl metrics::CounterFn for OneCounter {
+    fn increment(&self, value: u64) {
+        self.1.lock().unwrap().push(format!("{} +{value}", self.0));
+    }
+    fn absolute(&self, _: u64) {}
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        metrics::Counter::from_arc(Arc::new(OneCounter(name, self.0.clone())))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn receiver_counts_accepted_and_rejected_reports() {
+    let recorder = Counters::default();
+    let seen = recorder.0.clone();
+    metrics::with_local_recorder(&recorder, || {
+        let r = ReportReceiver::new();
+        let v = parse_reports("application/csp-report", CSP_REPORT.as_bytes()).unwrap();
+        assert_eq!(r.accept(&v).status(), 204);
+        let mut odd = v[0].clone();
+        odd.effective_directive = "made-up-directive".into();
+        let _ = r.accept(&[odd]);
+        let e = parse_reports("text/plain", b"").unwrap_err();
+        assert_eq!(ReportReceiver::reject(e).status(), 415);
+    });
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            "rampart_csp_reports_total{format=csp-report,directive=script-src-elem} +1".to_owned(),
+            "rampart_csp_reports_total{format=csp-report,directive=other} +1".to_owned(),
+            "rampart_csp_reports_rejected_total{reason=unsupported-media-type} +1".to_owned(),
+        ]
+    );
+}
