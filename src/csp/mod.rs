@@ -48,8 +48,8 @@ pub(crate) use layer::{CompiledCsp, CspSettings};
 pub use layer::{CspLayer, CspLayerBuilder, CspNonce, CspService, ResponseFuture};
 pub use policy::{Csp, Directive};
 pub use report::{
-    CspViolation, ReportError, ReportErrorKind, ReportFormat, ReportFuture, ReportReceiver,
-    ReportResponse, parse_reports,
+    CspViolation, DefaultReportRejection, ReportError, ReportErrorKind, ReportFormat, ReportFuture,
+    ReportReceiver, ReportResponse, parse_reports,
 };
 pub use source::{HashAlgorithm, Source};
 

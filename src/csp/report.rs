@@ -336,6 +336,61 @@ type Hook = Arc<dyn Fn(&CspViolation) + Send + Sync>;
 pub struct ReportReceiver {
     max_body: usize,
     hook: Option<Hook>,
+    rejection: Arc<dyn ReportRejection>,
+}
+
+/// Builds the response for a refused report body; implemented for closures
+/// `Fn(&ReportError) -> ReportResponse`, with [`DefaultReportRejection`] as the default.
+///
+/// The receiver puts the [`ReportError`] into the response's extensions afterwards.
+///
+/// # Example
+///
+/// ```
+/// use http::Response;
+/// use tower_rampart::{body::ResponseBody, csp::{ReportError, ReportReceiver}};
+///
+/// let receiver = ReportReceiver::new().rejection(|err: &ReportError| {
+///     let mut res = Response::new(ResponseBody::full(err.detail().to_owned()));
+///     *res.status_mut() = err.kind().status();
+///     res
+/// });
+/// # let _ = receiver;
+/// ```
+pub trait ReportRejection: Send + Sync + 'static {
+    /// The response for `err`.
+    fn response(&self, err: &ReportError) -> ReportResponse;
+}
+
+impl<F> ReportRejection for F
+where
+    F: Fn(&ReportError) -> ReportResponse + Send + Sync + 'static,
+{
+    fn response(&self, err: &ReportError) -> ReportResponse {
+        self(err)
+    }
+}
+
+/// The default rejection: `{"error", "detail"}` JSON ([`JsonError`]) with the error's
+/// status, and `Allow: POST` on 405.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultReportRejection;
+
+impl ReportRejection for DefaultReportRejection {
+    fn response(&self, err: &ReportError) -> ReportResponse {
+        let json = JsonError::new(err.kind.title(), err.detail.clone());
+        let mut res = Response::new(ResponseBody::full(json.to_bytes()));
+        *res.status_mut() = err.kind.status();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if err.kind == ReportErrorKind::MethodNotAllowed {
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        res
+    }
 }
 
 impl Default for ReportReceiver {
@@ -349,7 +404,7 @@ impl fmt::Debug for ReportReceiver {
         f.debug_struct("ReportReceiver")
             .field("max_body", &self.max_body)
             .field("hook", &self.hook.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -359,6 +414,7 @@ impl ReportReceiver {
         Self {
             max_body: 64 * 1024,
             hook: None,
+            rejection: Arc::new(DefaultReportRejection),
         }
     }
 
@@ -379,21 +435,19 @@ impl ReportReceiver {
         self
     }
 
-    pub(super) fn reject(err: ReportError) -> Response<ResponseBody<Empty<Bytes>>> {
+    /// How refused bodies are answered.
+    ///
+    /// By default, [`DefaultReportRejection`] (JSON errors).
+    pub fn rejection(mut self, rejection: impl ReportRejection) -> Self {
+        self.rejection = Arc::new(rejection);
+        self
+    }
+
+    pub(super) fn reject(&self, err: ReportError) -> ReportResponse {
         metrics::counter!("rampart_csp_reports_rejected_total", "reason" => err.kind.label())
             .increment(1);
         tracing::debug!(target: "tower_rampart::csp", reason = err.kind.label(), detail = %err.detail, "CSP report refused");
-        let json = JsonError::new(err.kind.title(), err.detail.clone());
-        let mut res = Response::new(ResponseBody::full(json.to_bytes()));
-        *res.status_mut() = err.kind.status();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if err.kind == ReportErrorKind::MethodNotAllowed {
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        }
+        let mut res = self.rejection.response(&err);
         res.extensions_mut().insert(err);
         res
     }
@@ -483,7 +537,7 @@ impl ReportReceiver {
         B::Error: Into<BoxError>,
     {
         if req.method() != Method::POST {
-            return Self::reject(ReportError::new(
+            return self.reject(ReportError::new(
                 ReportErrorKind::MethodNotAllowed,
                 "browsers send reports with POST",
             ));
@@ -498,7 +552,7 @@ impl ReportReceiver {
         if let Err(e) = parse_reports(&content_type, b"")
             && e.kind == ReportErrorKind::UnsupportedMediaType
         {
-            return Self::reject(e);
+            return self.reject(e);
         }
         let too_large = || {
             ReportError::new(
@@ -512,20 +566,20 @@ impl ReportReceiver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
-            return Self::reject(too_large());
+            return self.reject(too_large());
         }
         let body = match Limited::new(req.into_body(), self.max_body).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Self::reject(too_large());
+                return self.reject(too_large());
             }
             Err(_) => {
-                return Self::reject(ReportError::malformed("the body could not be read"));
+                return self.reject(ReportError::malformed("the body could not be read"));
             }
         };
         match parse_reports(&content_type, &body) {
             Ok(violations) => self.accept(&violations),
-            Err(e) => Self::reject(e),
+            Err(e) => self.reject(e),
         }
     }
 }

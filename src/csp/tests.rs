@@ -864,7 +864,7 @@ fn receiver_counts_accepted_and_rejected_reports() {
         odd.effective_directive = "made-up-directive".into();
         let _ = r.accept(&[odd]);
         let e = parse_reports("text/plain", b"").unwrap_err();
-        assert_eq!(ReportReceiver::reject(e).status(), 415);
+        assert_eq!(r.reject(e).status(), 415);
     });
     assert_eq!(
         *seen.lock().unwrap(),
@@ -874,4 +874,24 @@ fn receiver_counts_accepted_and_rejected_reports() {
             "rampart_csp_reports_rejected_total{reason=unsupported-media-type} +1".to_owned(),
         ]
     );
+}
+
+#[tokio::test]
+async fn rejection_strategy_is_swappable_and_keeps_the_typed_error() {
+    let r = ReportReceiver::new().rejection(|err: &ReportError| {
+        let mut res = Response::new(crate::body::ResponseBody::full(format!(
+            "nope: {}",
+            err.kind().status()
+        )));
+        *res.status_mut() = StatusCode::IM_A_TEAPOT;
+        res
+    });
+    let res = r.oneshot(post("text/plain", "x")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+    assert_eq!(
+        res.extensions().get::<ReportError>().map(ReportError::kind),
+        Some(ReportErrorKind::UnsupportedMediaType)
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"nope: 415 Unsupported Media Type");
 }
