@@ -1,5 +1,5 @@
 //! tower-rampart on bare hyper through hyper-util's tower adapter:
-//! `cargo run --example hyper`, then `curl localhost:3001/`.
+//! `cargo run --example hyper --features security-headers`, then `curl -i localhost:3001/`.
 //!
 //! With bare hyper, insert [`PeerAddr`] into each request so layers know the peer.
 
@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tower::{ServiceBuilder, service_fn};
 use tower_rampart::client_ip::{ClientIpResolver, PeerAddr, TrustedProxies};
+use tower_rampart::security_headers::SecurityHeadersLayer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         (profiler, ui)
     };
+    // Security headers: validated and rendered once, shared by every connection. HSTS is
+    // sent only when the trusted local proxy says the client used HTTPS.
+    let security_headers = SecurityHeadersLayer::recommended()
+        .client_ip_resolver(resolver.clone())
+        .build()?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
@@ -45,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 req.extensions_mut().insert(PeerAddr(peer));
                 req
             })
+            .layer(security_headers.clone())
             .service(service_fn(move |req: Request<Incoming>| {
                 let ip = resolver.resolve(&req).map(|ip| ip.to_string());
                 #[cfg(feature = "profiler")]

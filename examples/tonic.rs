@@ -1,5 +1,6 @@
 //! tower-rampart on a tonic gRPC server (the standard health service):
-//! `cargo run --example tonic`, then call `grpc.health.v1.Health/Check` on 127.0.0.1:50051.
+//! `cargo run --example tonic --features tonic,security-headers`, then call
+//! `grpc.health.v1.Health/Check` on 127.0.0.1:50051.
 //!
 //! tonic records the peer in `TcpConnectInfo`, which the `tonic` feature reads.
 //!
@@ -10,20 +11,26 @@
 
 use tower::ServiceBuilder;
 use tower_rampart::client_ip::ClientIpResolver;
+use tower_rampart::security_headers::SecurityHeadersLayer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>>().await;
     let resolver = ClientIpResolver::default();
+    // Security headers on gRPC responses too (gRPC-Web clients are browsers); the server
+    // terminates no TLS here, so HSTS stays off.
+    let security_headers = SecurityHeadersLayer::recommended().build()?;
     let addr = "127.0.0.1:50051".parse()?;
     println!("gRPC health service on {addr}");
-    let stack = ServiceBuilder::new().map_request(move |req: http::Request<tonic::body::Body>| {
-        if let Some(ip) = resolver.resolve(&req) {
-            eprintln!("call from {ip}");
-        }
-        req
-    });
+    let stack = ServiceBuilder::new().layer(security_headers).map_request(
+        move |req: http::Request<tonic::body::Body>| {
+            if let Some(ip) = resolver.resolve(&req) {
+                eprintln!("call from {ip}");
+            }
+            req
+        },
+    );
     // With `--features tenant`: the `x-tenant-id` metadata names the tenant.
     #[cfg(feature = "tenant")]
     let stack = stack.layer(tenants::layer()?);

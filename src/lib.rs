@@ -39,12 +39,18 @@
 
 pub mod body;
 pub mod client_ip;
+#[cfg(feature = "csp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "csp")))]
+pub mod csp;
 pub mod error;
 pub mod identity;
 pub mod key;
-#[cfg(feature = "tenant")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tenant")))]
-pub mod tenant;
 #[cfg(feature = "profiler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "profiler")))]
 pub mod profiler;
+#[cfg(feature = "security-headers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "security-headers")))]
+pub mod security_headers;
+#[cfg(feature = "tenant")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tenant")))]
+pub mod tenant;
