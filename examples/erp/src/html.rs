@@ -22,12 +22,8 @@ use crate::{
     tenant::CurrentTenant,
 };
 
-/// The per-request CSP nonce, as the security-headers layer will insert it.
-///
-/// Integrator: replace this type with the library's nonce type (or insert this one
-/// from it); the dashboard only needs the nonce string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CspNonce(pub String);
+/// The per-request CSP nonce the security-headers layer inserts (128 random bits).
+pub use tower_rampart::csp::CspNonce;
 
 /// The HTML routes.
 pub fn router() -> Router<AppState> {
@@ -111,7 +107,7 @@ pub async fn login_page(
     Html(login_form(
         &tenant,
         None,
-        nonce.as_ref().map(|n| n.0.0.as_str()),
+        nonce.as_ref().map(|n| n.0.as_str()),
     ))
     .into_response()
 }
@@ -157,7 +153,7 @@ pub async fn login(
             Html(login_form(
                 &form_tenant,
                 Some("Invalid tenant, user name or password."),
-                nonce.as_ref().map(|n| n.0.0.as_str()),
+                nonce.as_ref().map(|n| n.0.as_str()),
             )),
         )
             .into_response());
@@ -231,7 +227,7 @@ pub async fn dashboard(
             )
         })
         .collect();
-    let nonce = nonce.map(|Extension(CspNonce(n))| n);
+    let nonce = nonce.map(|Extension(n)| n.as_str().to_owned());
     let nonce_attr = nonce_attr(nonce.as_deref());
     let body = format!(
         "<h1>Dashboard</h1>\

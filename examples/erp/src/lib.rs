@@ -31,7 +31,12 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
-use tower_rampart::client_ip::ClientIpResolver;
+use tower_rampart::{
+    client_ip::ClientIpResolver,
+    csp::{Csp, ReportReceiver, Source},
+    profiler::{ProfilerLayer, ProfilerUi},
+    security_headers::SecurityHeadersLayer,
+};
 
 pub mod api;
 pub mod auth;
@@ -182,6 +187,16 @@ pub const API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version"
 pub fn app(state: AppState) -> Router {
     let config = state.config().clone();
     let resolver = ClientIpResolver::new(config.trusted());
+    let security_headers = security_headers(&resolver);
+    // The profiler records every request but its own pages; its UI is for admins only
+    // (the authentication middleware below has put the `Principal` in the extensions).
+    let profiler = ProfilerLayer::new().sample_with(|r| !r.uri().path().starts_with("/_profiler"));
+    let profiler_ui = ProfilerUi::new(profiler.store()).authorize(|parts| {
+        parts
+            .extensions
+            .get::<auth::Principal>()
+            .is_some_and(|p| p.role == auth::Role::Admin)
+    });
     let routes = Router::new()
         .route("/health/", get(health::health))
         .route("/health/live/", get(health::live))
@@ -190,6 +205,9 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1", api::router())
         .merge(openapi::router())
         .merge(html::router())
+        // CSP violation reports (report-uri and report-to): 204, or a JSON 4xx.
+        .route_service("/csp-report/", ReportReceiver::new())
+        .nest_service("/_profiler", profiler_ui)
         .fallback(fallback)
         .with_state(state.clone());
 
@@ -221,8 +239,9 @@ pub fn app(state: AppState) -> Router {
             .layer(middleware::from_fn(metrics::track))
             // `API-Version: 1` on every /api/v1/ response, errors of outer layers included.
             .layer(middleware::from_fn(api_version))
-            // 3. [library] Security headers + CSP with a per-request nonce
-            //    (`html::CspNonce` is what the dashboard reads).
+            // 3. Security headers + CSP with a per-request nonce (`html::CspNonce`, read
+            //    by the dashboard); HSTS only over HTTPS as said by a trusted proxy.
+            .layer(security_headers)
             // Authentication (this crate): before the rate limiter and the tenant layer,
             // which read the user through `tower_rampart::identity::UserIdentity`.
             .layer(middleware::from_fn_with_state(
@@ -234,7 +253,9 @@ pub fn app(state: AppState) -> Router {
             // 5. Tenant: X-Tenant-ID or {tenant}.localhost, must match the user's tenant.
             //    [library] replace with the tenant layer (same rules, cached store).
             .layer(middleware::from_fn_with_state(state, tenant::resolve))
-            // 6. [library] Profiler (`/_profiler/` behind `auth::require_admin`).
+            // 6. Profiler: per-request records, N+1 findings, Server-Timing; UI at
+            //    /_profiler/ for admins only.
+            .layer(profiler)
             // 7. [library] Response cache for GET /api/v1/reports/trial-balance, tag
             //    `trial-balance:{tenant}` invalidated through `AppState::on_entry_posted`.
             // 8. Compression (gzip) of everything above the size threshold.
@@ -252,6 +273,34 @@ pub fn app(state: AppState) -> Router {
                 config.request_timeout,
             )),
     )
+}
+
+/// The security headers: the recommended preset with a strict, nonce-based CSP whose
+/// violations are reported to `/csp-report/`; the API docs pages (Swagger UI, ReDoc) load
+/// their own scripts and styles from this server, so they get a `'self'` policy instead.
+fn security_headers(resolver: &ClientIpResolver) -> SecurityHeadersLayer {
+    let docs_csp = Csp::new()
+        .default_src([Source::SelfOrigin])
+        .script_src([Source::SelfOrigin])
+        .style_src([Source::SelfOrigin, Source::UnsafeInline])
+        .img_src([Source::SelfOrigin, Source::scheme("data")])
+        .worker_src([Source::SelfOrigin, Source::scheme("blob")])
+        .object_src([Source::None])
+        .frame_ancestors([Source::None])
+        .report_uri("/csp-report/");
+    let docs = || {
+        SecurityHeadersLayer::recommended()
+            .client_ip_resolver(resolver.clone())
+            .csp(docs_csp.clone())
+    };
+    SecurityHeadersLayer::recommended()
+        .client_ip_resolver(resolver.clone())
+        .csp(Csp::strict().report_uri("/csp-report/").report_to("csp"))
+        .reporting_endpoint("csp", "/csp-report/")
+        .route("/api/docs", docs())
+        .route("/api/redoc", docs())
+        .build()
+        .expect("the ERP's security header configuration is valid")
 }
 
 async fn api_version(req: Request, next: Next) -> Response {

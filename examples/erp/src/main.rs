@@ -12,21 +12,30 @@ use rampart_erp::{
     config::{CliArgs, redact_url},
     openapi,
 };
-use tracing_subscriber::EnvFilter;
+use tower_rampart::profiler::query_capture_layer;
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cli = CliArgs::parse(std::env::args().skip(1))?;
     let config = Config::load(&cli, |k| std::env::var(k).ok())?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if config.json_logs {
-        tracing_subscriber::fmt()
+    // The log filter is per-layer, not global: a global filter would hide sqlx's DEBUG
+    // query events from the profiler's query capture.
+    let fmt = if config.json_logs {
+        tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter(filter)
-            .init();
+            .with_filter(filter)
+            .boxed()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(query_capture_layer())
+        .init();
     if config.jwt_secret_generated {
         tracing::warn!(
             "RAMPART_JWT_SECRET is not set: generated a random secret, so tokens and sessions end with this process; set it to 32+ random bytes in production"

@@ -3,12 +3,10 @@
 mod common;
 
 use axum::{
-    Extension,
     body::Body,
     http::{Method, Request},
 };
 use common::{PASSWORD, TestApp};
-use rampart_erp::html::CspNonce;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -139,7 +137,10 @@ async fn session_dashboard_logout() {
     assert!(html.contains("tenant <strong>acme</strong>"));
     assert!(html.contains("id=\"trial-balance\""));
     assert!(html.contains("No entries yet."));
-    assert!(html.contains("<script>"), "no nonce without the CSP layer");
+    assert!(
+        html.contains("<script nonce=\""),
+        "the CSP layer's nonce is on the script"
+    );
     assert!(!html.contains(" onclick="), "no inline handlers (CSP)");
 
     // The session cookie works on the API for reads...
@@ -226,12 +227,9 @@ async fn session_dashboard_logout() {
 async fn dashboard_script_carries_the_csp_nonce() {
     let t = TestApp::sqlite().await;
     let cookie = login(&t, "acme", "admin").await;
-    // Stand-in for the security-headers layer: insert the nonce extension.
-    let router = t
+    let res = t
         .router
         .clone()
-        .layer(Extension(CspNonce("n0nce-\"x".to_owned())));
-    let res = router
         .oneshot(
             Request::get("/dashboard/")
                 .header("cookie", cookie)
@@ -240,13 +238,31 @@ async fn dashboard_script_carries_the_csp_nonce() {
         )
         .await
         .unwrap();
+    // The security-headers layer drew a nonce, put it in the CSP header and gave the
+    // same value to the handler.
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let nonce = csp
+        .split('\'')
+        .find_map(|t| t.strip_prefix("nonce-"))
+        .expect("a nonce in the CSP")
+        .to_owned();
+    assert!(csp.contains("'strict-dynamic'"), "{csp}");
     let body = http_body_util::BodyExt::collect(res.into_body())
         .await
         .unwrap()
         .to_bytes();
     let html = String::from_utf8_lossy(&body);
-    assert!(html.contains("<script nonce=\"n0nce-&quot;x\">"), "{html}");
-    assert!(html.contains("<style nonce=\"n0nce-&quot;x\">"), "{html}");
+    assert!(
+        html.contains(&format!("<script nonce=\"{nonce}\">")),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("<style nonce=\"{nonce}\">")),
+        "{html}"
+    );
     assert_eq!(html.matches("<script").count(), 1, "one script only");
 }
 

@@ -1,0 +1,120 @@
+//! The tower-rampart layers composed in `app()`: security headers and CSP, the CSP
+//! report receiver and the admin-only profiler.
+
+mod common;
+
+use axum::{
+    body::Body,
+    http::{Method, Request},
+};
+use common::TestApp;
+use serde_json::json;
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn every_response_carries_the_recommended_headers() {
+    let t = TestApp::sqlite().await;
+    for path in ["/health/live/", "/api/v1/accounts", "/nope"] {
+        let res = t.send(get(path)).await;
+        let h = &res.headers;
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["cross-origin-opener-policy"], "same-origin", "{path}");
+        assert_eq!(h["x-xss-protection"], "0", "{path}");
+        assert!(h.contains_key("permissions-policy"), "{path}");
+        assert!(!h.contains_key("server"), "{path}");
+        assert!(
+            !h.contains_key("strict-transport-security"),
+            "plain HTTP: no HSTS ({path})"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("report-uri /csp-report/"), "{csp}");
+        assert!(h["reporting-endpoints"].to_str().unwrap().contains("csp="));
+    }
+}
+
+#[tokio::test]
+async fn nonces_differ_per_response_and_docs_get_their_own_policy() {
+    let t = TestApp::sqlite().await;
+    let a = t.send(get("/health/")).await;
+    let b = t.send(get("/health/")).await;
+    let nonce = |r: &common::Res| {
+        r.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .split('\'')
+            .find_map(|s| s.strip_prefix("nonce-"))
+            .map(str::to_owned)
+            .expect("nonce")
+    };
+    assert_ne!(nonce(&a), nonce(&b));
+    let docs = t.send(get("/api/docs/")).await;
+    let csp = docs.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("nonce-"), "{csp}");
+}
+
+#[tokio::test]
+async fn csp_reports_are_received() {
+    let t = TestApp::sqlite().await;
+    let report = json!({"csp-report": {
+        "document-uri": "http://localhost:8080/dashboard/",
+        "violated-directive": "script-src-elem",
+        "effective-directive": "script-src-elem",
+        "original-policy": "default-src 'self'",
+        "blocked-uri": "inline",
+        "disposition": "enforce",
+        "status-code": 200
+    }});
+    let ok = t
+        .send(
+            Request::post("/csp-report/")
+                .header("content-type", "application/csp-report")
+                .body(Body::from(report.to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(ok.status, 204, "{}", ok.text());
+    let bad = t
+        .send(
+            Request::post("/csp-report/")
+                .header("content-type", "application/csp-report")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].is_string());
+    let wrong_type = t
+        .send(
+            Request::post("/csp-report/")
+                .header("content-type", "text/plain")
+                .body(Body::from("x"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(wrong_type.status, 415);
+}
+
+#[tokio::test]
+async fn profiler_is_for_admins_only_and_records_requests() {
+    let t = TestApp::sqlite().await;
+    let user = t.token("acme", "user").await;
+    let admin = t.token("acme", "admin").await;
+    let anonymous = t.send(get("/_profiler/")).await;
+    assert_eq!(anonymous.status, 403);
+    let res = t.call(Method::GET, "/_profiler/", Some(&user), None).await;
+    assert_eq!(res.status, 403, "a regular user is refused");
+
+    // Profiled requests: a list call, with Server-Timing on the response.
+    let list = t.get("/api/v1/accounts", &admin).await;
+    assert_eq!(list.status, 200);
+    let timing = list.headers["server-timing"].to_str().unwrap();
+    assert!(timing.contains("total;dur="), "{timing}");
+
+    let ui = t.call(Method::GET, "/_profiler/", Some(&admin), None).await;
+    assert_eq!(ui.status, 200);
+    assert!(ui.text().contains("/api/v1/accounts"), "{}", ui.text());
+}
