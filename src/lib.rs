@@ -4,7 +4,7 @@
 //!
 //! | feature            | module                 | status            |
 //! |--------------------|------------------------|-------------------|
-//! | `rate-limit`       | `rate_limit`           | see the README    |
+//! | `rate-limit`       | [`rate_limit`]         | available         |
 //! | `security-headers` | `security_headers`     | see the README    |
 //! | `csp`              | `csp`                  | see the README    |
 //! | `tenant`           | `tenant`               | see the README    |
@@ -42,3 +42,6 @@ pub mod client_ip;
 pub mod error;
 pub mod identity;
 pub mod key;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
