@@ -394,18 +394,6 @@ impl RedisStore {
             )))
         })
     }
-
-    /// Cluster-safe cleanup for tests: deletes the keys of one decision.
-    #[cfg(test)]
-    pub(crate) async fn delete(&self, policy: &Compiled, subject: &Subject) {
-        let keys = self.keys(policy, subject);
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(&keys);
-        let _: Result<i64, _> = match &self.backend.conn {
-            Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        };
-    }
 }
 
 fn parse_reply(values: &[i64], windows: usize) -> Option<Outcome> {
