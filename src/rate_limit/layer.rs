@@ -336,7 +336,7 @@ impl Limiter {
             match &self.backend {
                 Backend::Memory(store) => {
                     let outcome = store.check(policy.index, &subject, &policy.windows, policy.cost);
-                    if let Some(reject) = self.record(policy, outcome, grpc, &mut checked) {
+                    if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
                         return Plan::Reject(self.reject(reject, &checked));
                     }
                 }
@@ -356,7 +356,6 @@ impl Limiter {
 
     /// Counts a decision; returns the rejection if the request must be refused.
     fn record<'a>(
-        &self,
         policy: &'a Compiled,
         outcome: super::gcra::Outcome,
         grpc: bool,
@@ -451,7 +450,7 @@ impl Limiter {
                     }
                 }
             };
-            if let Some(reject) = self.record(policy, outcome, grpc, &mut checked) {
+            if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
                 return Err(self.reject(reject, &checked));
             }
         }

@@ -43,7 +43,7 @@ pub enum Key {
     /// One bucket shared by every request.
     Global,
     /// A key computed by the application; `None` counts as anonymous.
-    Custom(Arc<dyn Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync>),
+    Custom(KeyFn),
 }
 
 impl Key {
@@ -94,6 +94,9 @@ impl fmt::Debug for Key {
         }
     }
 }
+
+/// A key closure: the request's key, or `None` for "anonymous".
+pub type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync>;
 
 /// What a policy does with a request that has no value for its key (an anonymous request
 /// on a per-user policy, a missing header).
