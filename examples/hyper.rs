@@ -18,6 +18,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
     let resolver = ClientIpResolver::new(TrustedProxies::loopback());
+    // Rate limiting (feature `rate-limit`): 10 requests per second per client IP, burst 20.
+    // One layer built once: every connection's service shares its counters.
+    #[cfg(feature = "rate-limit")]
+    let limiter = {
+        use tower_rampart::rate_limit::{Policy, Quota, RateLimitLayer};
+        RateLimitLayer::builder()
+            .client_ip(resolver.clone())
+            .policy(Policy::new("per-ip", Quota::per_second(10).burst(20)))
+            .build()?
+    };
+    #[cfg(not(feature = "rate-limit"))]
+    let limiter = tower::layer::util::Identity::new();
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
@@ -26,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 req.extensions_mut().insert(PeerAddr(peer));
                 req
             })
+            .layer(limiter.clone())
             .service(service_fn(move |req: Request<Incoming>| {
                 let ip = resolver.resolve(&req).map(|ip| ip.to_string());
                 async move {

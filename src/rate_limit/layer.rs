@@ -280,12 +280,13 @@ pub(crate) enum Plan {
     Remote(Vec<(usize, Subject)>, bool),
 }
 
-fn outcome_label(allowed: bool, shadow: bool) -> &'static str {
-    match (allowed, shadow) {
-        (true, _) => "allowed",
-        (false, true) => "shadow_rejected",
-        (false, false) => "rejected",
-    }
+static METRIC_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Increments a decision counter whose key was built once, at build time (no allocation
+/// per request; a recorder installed after the layer was built is still used).
+fn count(key: &metrics::Key) {
+    metrics::with_recorder(|r| r.register_counter(key, &METRIC_METADATA)).increment(1);
 }
 
 impl Limiter {
@@ -335,7 +336,7 @@ impl Limiter {
             };
             match &self.backend {
                 Backend::Memory(store) => {
-                    let outcome = store.check(policy.index, &subject, &policy.windows, policy.cost);
+                    let outcome = store.check(policy.index, subject, &policy.windows, policy.cost);
                     if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
                         return Plan::Reject(self.reject(reject, &checked));
                     }
@@ -361,9 +362,13 @@ impl Limiter {
         grpc: bool,
         checked: &mut Vec<Checked<'a>>,
     ) -> Option<Rejection> {
-        let label = outcome_label(outcome.allowed, policy.shadow);
-        metrics::counter!("rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => label)
-            .increment(1);
+        count(
+            &policy.metric_keys[match (outcome.allowed, policy.shadow) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            }],
+        );
         if policy.shadow {
             if !outcome.allowed {
                 tracing::info!(policy = %policy.name, retry_after_us = outcome.retry_after, "rate limit exceeded (shadow mode: allowed)");
@@ -444,7 +449,7 @@ impl Limiter {
                             return Err(self.reject(r, &[]));
                         }
                         FailureMode::LocalFallback { .. } => match &store.fallback {
-                            Some(m) => m.check(index, &subject, &policy.fallback, policy.cost),
+                            Some(m) => m.check(index, subject, &policy.fallback, policy.cost),
                             None => continue,
                         },
                     }

@@ -352,6 +352,15 @@ impl Policy {
             shadow: self.shadow,
             anonymous: self.anonymous,
             policy_header,
+            metric_keys: ["allowed", "rejected", "shadow_rejected"].map(|outcome| {
+                metrics::Key::from_parts(
+                    "rate_limit_decisions_total",
+                    vec![
+                        metrics::Label::new("policy", name.clone()),
+                        metrics::Label::new("outcome", outcome),
+                    ],
+                )
+            }),
         })
     }
 }
@@ -382,6 +391,8 @@ pub(crate) struct Compiled {
     pub(crate) shadow: bool,
     pub(crate) anonymous: Anonymous,
     pub(crate) policy_header: HeaderValue,
+    /// `rate_limit_decisions_total{policy, outcome}` for allowed, rejected, shadow_rejected.
+    pub(crate) metric_keys: [metrics::Key; 3],
 }
 
 /// Who a request is counted as, for one policy.

@@ -157,7 +157,7 @@ impl MemoryStore {
     pub(crate) fn check(
         &self,
         policy: usize,
-        subject: &Subject,
+        subject: Subject,
         windows: &[Window],
         cost: u64,
     ) -> Outcome {
@@ -167,12 +167,12 @@ impl MemoryStore {
     pub(crate) fn check_at(
         &self,
         policy: usize,
-        subject: &Subject,
+        subject: Subject,
         windows: &[Window],
         cost: u64,
         now: u64,
     ) -> Outcome {
-        let hash = self.hasher.hash_one((policy, subject));
+        let hash = self.hasher.hash_one((policy, &subject));
         #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
         let shard = &self.shards[(hash % self.shards.len() as u64) as usize];
         let mut map = shard
@@ -181,7 +181,7 @@ impl MemoryStore {
         let key = MemKey {
             hash,
             policy,
-            subject: subject.clone(),
+            subject,
         };
         if let Some(tats) = map.get_mut(&key) {
             return gcra::decide(&mut tats[..windows.len()], now, windows, cost);
@@ -273,7 +273,7 @@ mod tests {
         }];
         for i in 0..1_000_000u32 {
             let subject = Subject::Ip(IpAddr::from(i.to_be_bytes()));
-            assert!(store.check_at(0, &subject, &w, 1, 1_000).allowed);
+            assert!(store.check_at(0, subject, &w, 1, 1_000).allowed);
         }
         let len = store.len();
         assert!(len <= 10_000, "{len} keys held, cap 10 000");
@@ -287,13 +287,13 @@ mod tests {
         let store = MemoryBackend::new().clock(Clock::manual(&manual)).build();
         let w = window(1, 1);
         let s = Subject::Text("alice".into());
-        assert!(store.check(0, &s, &w, 1).allowed);
-        assert!(!store.check(0, &s, &w, 1).allowed);
+        assert!(store.check(0, s.clone(), &w, 1).allowed);
+        assert!(!store.check(0, s.clone(), &w, 1).allowed);
         assert_eq!(store.len(), 1);
         manual.advance(Duration::from_secs(1));
         store.sweep();
         assert_eq!(store.len(), 0);
-        assert!(store.check(0, &s, &w, 1).allowed);
+        assert!(store.check(0, s.clone(), &w, 1).allowed);
         assert!(format!("{store:?}").contains("shards"));
     }
 
@@ -302,10 +302,10 @@ mod tests {
         let store = MemoryBackend::new().build();
         let w = window(1, 1);
         let a = Subject::Ip("10.0.0.1".parse().unwrap());
-        assert!(store.check_at(0, &a, &w, 1, 10).allowed);
-        assert!(!store.check_at(0, &a, &w, 1, 10).allowed);
-        assert!(store.check_at(1, &a, &w, 1, 10).allowed);
-        assert!(store.check_at(0, &Subject::Global, &w, 1, 10).allowed);
-        assert!(store.check_at(0, &Subject::Unknown, &w, 1, 10).allowed);
+        assert!(store.check_at(0, a.clone(), &w, 1, 10).allowed);
+        assert!(!store.check_at(0, a.clone(), &w, 1, 10).allowed);
+        assert!(store.check_at(1, a.clone(), &w, 1, 10).allowed);
+        assert!(store.check_at(0, Subject::Global, &w, 1, 10).allowed);
+        assert!(store.check_at(0, Subject::Unknown, &w, 1, 10).allowed);
     }
 }
