@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use http::{HeaderMap, Request, header::CONTENT_TYPE};
+use http::{Request, header::CONTENT_TYPE};
 use tower_layer::Layer;
 
 #[cfg(feature = "redis")]
@@ -14,7 +14,8 @@ use super::{
     pattern::PathPattern,
     policy::{Compiled, Policy, RequestInfo},
     response::{
-        Checked, DefaultRejection, HeaderStyle, OnRejection, Rejection, RejectionKind, render,
+        Checked, Checks, DefaultRejection, HeaderStyle, OnRejection, Rejection, RejectionKind,
+        Rendered, render,
     },
     service::RateLimit,
 };
@@ -272,9 +273,9 @@ pub(crate) enum Plan {
     /// No policy applies: call the inner service untouched.
     Bypass,
     /// Decided in memory: call the inner service, then add these headers.
-    Allow(Option<HeaderMap>),
+    Allow(Option<Rendered>),
     /// Decided in memory: answer with this response.
-    Reject(http::Response<bytes::Bytes>),
+    Reject(Box<http::Response<bytes::Bytes>>),
     /// Needs Redis: these `(policy, subject)` pairs.
     #[cfg(feature = "redis")]
     Remote(Vec<(usize, Subject)>, bool),
@@ -320,7 +321,7 @@ impl Limiter {
         let method = req.method();
         let mut info: Option<RequestInfo<'_>> = None;
         let grpc = Self::is_grpc(req);
-        let mut checked: Vec<Checked<'_>> = Vec::new();
+        let mut checked = Checks::default();
         #[cfg(feature = "redis")]
         let mut remote: Vec<(usize, Subject)> = Vec::new();
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
@@ -338,7 +339,7 @@ impl Limiter {
                 Backend::Memory(store) => {
                     let outcome = store.check(policy.index, subject, &policy.windows, policy.cost);
                     if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
-                        return Plan::Reject(self.reject(reject, &checked));
+                        return Plan::Reject(Box::new(self.reject(reject, &checked)));
                     }
                 }
                 #[cfg(feature = "redis")]
@@ -360,7 +361,7 @@ impl Limiter {
         policy: &'a Compiled,
         outcome: super::gcra::Outcome,
         grpc: bool,
-        checked: &mut Vec<Checked<'a>>,
+        checked: &mut Checks<'a>,
     ) -> Option<Rejection> {
         count(
             &policy.metric_keys[match (outcome.allowed, policy.shadow) {
@@ -388,11 +389,11 @@ impl Limiter {
         ))
     }
 
-    fn headers_for(&self, checked: &[Checked<'_>]) -> Option<HeaderMap> {
+    fn headers_for(&self, checked: &Checks<'_>) -> Option<Rendered> {
         if !self.headers.any() || checked.is_empty() {
             return None;
         }
-        let mut h = HeaderMap::new();
+        let mut h = Rendered::with_capacity(5);
         render(self.headers, checked, &mut h);
         Some(h)
     }
@@ -400,7 +401,7 @@ impl Limiter {
     pub(crate) fn reject(
         &self,
         rejection: Rejection,
-        checked: &[Checked<'_>],
+        checked: &Checks<'_>,
     ) -> http::Response<bytes::Bytes> {
         let res = self.on_rejection.on_rejection(&rejection);
         let headers = if rejection.is_grpc() {
@@ -417,11 +418,11 @@ impl Limiter {
         &self,
         subjects: Vec<(usize, Subject)>,
         grpc: bool,
-    ) -> Result<Option<HeaderMap>, http::Response<bytes::Bytes>> {
+    ) -> Result<Option<Rendered>, http::Response<bytes::Bytes>> {
         let Backend::Redis(store) = &self.backend else {
             return Ok(None);
         };
-        let mut checked: Vec<Checked<'_>> = Vec::with_capacity(subjects.len());
+        let mut checked = Checks::default();
         for (index, subject) in subjects {
             let policy = &self.policies[index];
             let outcome = match store.check(policy, &subject).await {
@@ -446,7 +447,7 @@ impl Limiter {
                                 Duration::from_secs(1),
                                 grpc,
                             );
-                            return Err(self.reject(r, &[]));
+                            return Err(self.reject(r, &Checks::default()));
                         }
                         FailureMode::LocalFallback { .. } => match &store.fallback {
                             Some(m) => m.check(index, subject, &policy.fallback, policy.cost),

@@ -1,13 +1,13 @@
 //! Rejections, the swappable rejection response, and the rate-limit headers.
 
 use std::{
-    fmt,
+    fmt::{self, Write as _},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header::RETRY_AFTER};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header::RETRY_AFTER};
 use serde::Deserialize;
 
 use super::{gcra::Outcome, policy::Compiled};
@@ -269,14 +269,61 @@ pub(crate) struct Checked<'a> {
     pub(crate) outcome: Outcome,
 }
 
+/// The decisions of one request: the first one inline (most requests match one policy),
+/// the others in a vector allocated only when needed.
+#[derive(Debug, Default)]
+pub(crate) struct Checks<'a> {
+    first: Option<Checked<'a>>,
+    rest: Vec<Checked<'a>>,
+}
+
+impl<'a> Checks<'a> {
+    pub(crate) fn push(&mut self, c: Checked<'a>) {
+        if self.first.is_none() {
+            self.first = Some(c);
+        } else {
+            self.rest.push(c);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Checked<'a>> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
+#[cfg(test)]
+impl<'a> FromIterator<Checked<'a>> for Checks<'a> {
+    fn from_iter<I: IntoIterator<Item = Checked<'a>>>(iter: I) -> Self {
+        let mut c = Self::default();
+        for x in iter {
+            c.push(x);
+        }
+        c
+    }
+}
+
+/// Rendered rate-limit headers, added to the response as they are.
+pub(crate) type Rendered = Vec<(HeaderName, HeaderValue)>;
+
 /// Renders the configured headers for the decisions of one request.
-pub(crate) fn render(style: HeaderStyle, checked: &[Checked<'_>], out: &mut HeaderMap) {
-    if checked.is_empty() || !style.any() {
+pub(crate) fn render(style: HeaderStyle, checked: &Checks<'_>, out: &mut Rendered) {
+    let Some(first) = &checked.first else {
+        return;
+    };
+    if !style.any() {
         return;
     }
     if style.ietf() {
         let policy = if checked.len() == 1 {
-            checked[0].policy.policy_header.clone()
+            first.policy.policy_header.clone()
         } else {
             let joined: Vec<&str> = checked
                 .iter()
@@ -285,9 +332,9 @@ pub(crate) fn render(style: HeaderStyle, checked: &[Checked<'_>], out: &mut Head
             HeaderValue::try_from(joined.join(", "))
                 .unwrap_or_else(|_| HeaderValue::from_static(""))
         };
-        out.insert(RATELIMIT_POLICY, policy);
+        out.push((RATELIMIT_POLICY, policy));
         let mut value = String::with_capacity(32 * checked.len());
-        for c in checked {
+        for c in checked.iter() {
             let n = c.outcome.len;
             for (i, w) in c.outcome.windows().iter().enumerate() {
                 if !value.is_empty() {
@@ -299,20 +346,17 @@ pub(crate) fn render(style: HeaderStyle, checked: &[Checked<'_>], out: &mut Head
                 } else {
                     value.push_str(&super::policy::item_name(&c.policy.name, i, n));
                 }
-                value.push_str("\";r=");
-                value.push_str(itoa(w.remaining).as_str());
-                value.push_str(";t=");
-                value.push_str(itoa(ceil_secs(w.reset)).as_str());
+                let _ = write!(value, "\";r={};t={}", w.remaining, ceil_secs(w.reset));
             }
         }
-        if let Ok(v) = HeaderValue::try_from(value) {
-            out.insert(RATELIMIT, v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            out.push((RATELIMIT, v));
         }
     }
     if style.legacy() {
         // The most restrictive window: fewest remaining, then the longest reset.
         let mut best: Option<(u64, u64, u32)> = None;
-        for c in checked {
+        for c in checked.iter() {
             for (i, w) in c.outcome.windows().iter().enumerate() {
                 let cand = (w.remaining, w.reset, c.policy.quotas[i].count());
                 best = Some(match best {
@@ -329,9 +373,9 @@ pub(crate) fn render(style: HeaderStyle, checked: &[Checked<'_>], out: &mut Head
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            out.insert(X_LIMIT, HeaderValue::from(limit));
-            out.insert(X_REMAINING, HeaderValue::from(remaining));
-            out.insert(X_RESET, HeaderValue::from(now + ceil_secs(reset)));
+            out.push((X_LIMIT, HeaderValue::from(limit)));
+            out.push((X_REMAINING, HeaderValue::from(remaining)));
+            out.push((X_RESET, HeaderValue::from(now + ceil_secs(reset))));
         }
     }
 }
@@ -340,22 +384,17 @@ pub(crate) fn render(style: HeaderStyle, checked: &[Checked<'_>], out: &mut Head
 pub(crate) fn finish_rejection(
     mut res: Response<Bytes>,
     rejection: Rejection,
-    headers: Option<HeaderMap>,
+    headers: Option<Rendered>,
 ) -> Response<Bytes> {
     if !rejection.is_grpc() && !res.headers().contains_key(RETRY_AFTER) {
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(rejection.retry_after_secs()));
     }
-    if let Some(h) = headers {
-        res.headers_mut().extend(h);
+    for (name, value) in headers.into_iter().flatten() {
+        res.headers_mut().insert(name, value);
     }
     res.extensions_mut().insert(rejection);
     res
-}
-
-/// Small stack formatting of a `u64`.
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]
@@ -388,7 +427,7 @@ mod tests {
         let login = Policy::new("login", Quota::per_minute(5))
             .compile(1, 1)
             .unwrap();
-        let checked = [
+        let checked: Checks<'_> = [
             Checked {
                 policy: &api,
                 outcome: outcome(&[(9, 100_000), (999, 3_600_000)]),
@@ -397,9 +436,12 @@ mod tests {
                 policy: &login,
                 outcome: outcome(&[(2, 36_000_001)]),
             },
-        ];
-        let mut h = HeaderMap::new();
-        render(HeaderStyle::Both, &checked, &mut h);
+        ]
+        .into_iter()
+        .collect();
+        let mut rendered = Rendered::new();
+        render(HeaderStyle::Both, &checked, &mut rendered);
+        let h: http::HeaderMap = rendered.into_iter().collect();
         assert_eq!(
             h["ratelimit-policy"],
             "\"api-0\";q=10;w=1, \"api-1\";q=1000;w=3600, \"login\";q=5;w=60"
@@ -412,11 +454,13 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining"], "2");
         let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
         assert!(reset > 1_700_000_000);
-        let mut none = HeaderMap::new();
+        let mut none = Rendered::new();
         render(HeaderStyle::None, &checked, &mut none);
         assert!(none.is_empty());
-        let mut legacy = HeaderMap::new();
-        render(HeaderStyle::Legacy, &checked[..1], &mut legacy);
+        let only_api: Checks<'_> = checked.iter().take(1).copied().collect();
+        let mut legacy = Rendered::new();
+        render(HeaderStyle::Legacy, &only_api, &mut legacy);
+        let legacy: http::HeaderMap = legacy.into_iter().collect();
         assert!(!legacy.contains_key("ratelimit"));
         assert_eq!(legacy["x-ratelimit-limit"], "10");
     }

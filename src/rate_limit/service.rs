@@ -9,11 +9,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::layer::{Limiter, Plan};
+use super::{
+    layer::{Limiter, Plan},
+    response::Rendered,
+};
 use crate::body::ResponseBody;
 
 /// The rate-limit middleware; build it with [`RateLimitLayer`](super::RateLimitLayer).
@@ -95,7 +98,7 @@ where
                 headers,
             },
             Plan::Reject(res) => Kind::Ready {
-                res: Some(res.map(ResponseBody::full)),
+                res: Some(Box::new(res.map(ResponseBody::full))),
             },
             #[cfg(feature = "redis")]
             Plan::Remote(subjects, grpc) => {
@@ -119,10 +122,10 @@ where
     }
 }
 
-fn decorate<B>(res: Response<B>, headers: Option<HeaderMap>) -> Response<ResponseBody<B>> {
+fn decorate<B>(res: Response<B>, headers: Option<Rendered>) -> Response<ResponseBody<B>> {
     let mut res = res.map(ResponseBody::new);
-    if let Some(h) = headers {
-        res.headers_mut().extend(h);
+    for (name, value) in headers.into_iter().flatten() {
+        res.headers_mut().insert(name, value);
     }
     res
 }
@@ -138,8 +141,8 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Inner { #[pin] fut: F, headers: Option<HeaderMap> },
-        Ready { res: Option<Response<ResponseBody<B>>> },
+        Inner { #[pin] fut: F, headers: Option<Rendered> },
+        Ready { res: Option<Box<Response<ResponseBody<B>>>> },
         Boxed { fut: BoxedResponse<B, E> },
     }
 }
@@ -163,7 +166,7 @@ where
                 Poll::Ready(Ok(decorate(res, headers.take())))
             }
             KindProj::Ready { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
+                Some(res) => Poll::Ready(Ok(*res)),
                 // Polled after completion: answer again rather than panic.
                 None => Poll::Ready(Ok(Response::new(ResponseBody::full(Bytes::new())))),
             },
