@@ -9,8 +9,13 @@ use redis::AsyncCommands;
 use super::*;
 use crate::rate_limit::backend::{memory::MemoryStore, redis::BackendError};
 
+/// A backend with a generous timeout: the test machine is busy, and the timeout has its
+/// own test.
 async fn backend(url: &str) -> RedisBackend {
-    RedisBackend::connect(url).await.unwrap()
+    RedisBackend::connect(url)
+        .await
+        .unwrap()
+        .timeout(Duration::from_secs(1))
 }
 
 fn one_policy(quota: Quota) -> RateLimitBuilder {
