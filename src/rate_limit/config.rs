@@ -89,13 +89,38 @@ fn one() -> u32 {
 }
 
 /// One rate or several windows.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Rates {
     /// A single window.
     One(Quota),
     /// Several windows, checked atomically.
     Many(Vec<Quota>),
+}
+
+impl<'de> Deserialize<'de> for Rates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Rates;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a rate such as \"5/minute\" or a list of rates")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Rates, E> {
+                v.parse().map(Rates::One).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Rates, A::Error> {
+                let mut all = Vec::new();
+                while let Some(q) = seq.next_element::<Quota>()? {
+                    all.push(q);
+                }
+                Ok(Rates::Many(all))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// A key in a configuration file: `"client_ip"`, `"user"`, `"tenant"`, `"global"` or
