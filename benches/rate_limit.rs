@@ -80,6 +80,12 @@ fn bench(c: &mut Criterion) {
     let governor = GovernorLayer::new(governor_config).layer(service_fn(ok));
     let plain = ours(HeaderStyle::None).layer(service_fn(ok));
     let ietf = ours(HeaderStyle::Ietf).layer(service_fn(ok));
+    // The layer's fixed cost: a policy that does not match the request's path.
+    let bypass = RateLimitLayer::builder()
+        .policy(Policy::new("bench", quota()).path("/elsewhere"))
+        .build()
+        .unwrap()
+        .layer(service_fn(ok));
 
     let mut g = c.benchmark_group("rate_limit_memory");
     g.bench_function("bare_service_fn", |b| {
@@ -127,12 +133,13 @@ fn bench(c: &mut Criterion) {
     // The summary: the anchor and ours, interleaved, in the same process.
     rt.block_on(async {
         let n = 200_000;
-        let mut t = [0.0f64; 4];
+        let mut t = [0.0f64; 5];
         for _ in 0..3 {
             t[0] += time_loop(bare, n).await;
             t[1] += time_loop(governor.clone(), n).await;
             t[2] += time_loop(plain.clone(), n).await;
             t[3] += time_loop(ietf.clone(), n).await;
+            t[4] += time_loop(bypass.clone(), n).await;
         }
         let t = t.map(|x| x / 3.0);
         println!("\nsummary (in memory, ns per request, mean of 3 x {n} calls):");
@@ -147,6 +154,10 @@ fn bench(c: &mut Criterion) {
             "  rampart (IETF headers)   {:8.1}   ratio vs tower_governor: {:.2}x",
             t[3],
             t[3] / t[1]
+        );
+        println!(
+            "  rampart (no policy hit)  {:8.1}   (the layer's fixed cost)",
+            t[4]
         );
 
         let n = 20_000u32;
