@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Believe X-Forwarded-For only from a proxy on this host.
     let resolver = ClientIpResolver::new(TrustedProxies::loopback());
     let ip_resolver = resolver.clone();
-    let app = Router::new().route(
+    let app: Router = Router::new().route(
         "/",
         get(move |req: Request| {
             let resolver = ip_resolver.clone();
@@ -47,6 +47,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `.layer` before `nest_service`: routes are profiled (with their MatchedPath),
         // the profiler's own pages are not.
         app.layer(profiler).nest_service("/_profiler", ui)
+    };
+
+    // Rate limiting (feature `rate-limit`): 5 logins per minute per client IP, 100 API
+    // calls per hour; try `for i in $(seq 7); do curl -si -XPOST localhost:3000/accounts/login/ | head -1; done`.
+    #[cfg(feature = "rate-limit")]
+    let app = {
+        use tower_rampart::rate_limit::{Key, Policy, Quota, RateLimitLayer};
+        let limiter = RateLimitLayer::builder()
+            .client_ip(ClientIpResolver::new(TrustedProxies::loopback()))
+            .policy(
+                Policy::new("login", Quota::per_minute(5))
+                    .post("/accounts/login/")
+                    .key(Key::ClientIp),
+            )
+            .policy(Policy::new("api", Quota::per_hour(100)).path("/*"))
+            .exempt("/health/*")
+            .build()?;
+        app.route(
+            "/accounts/login/",
+            axum::routing::post(|| async { "welcome\n" }),
+        )
+        .layer(limiter)
     };
 
     // --- security headers + CSP with a per-request nonce (features `security-headers`, `csp`)

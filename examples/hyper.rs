@@ -41,6 +41,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let security_headers = SecurityHeadersLayer::recommended()
         .client_ip_resolver(resolver.clone())
         .build()?;
+    // Rate limiting (feature `rate-limit`): 10 requests per second per client IP, burst 20.
+    // One layer built once: every connection's service shares its counters.
+    #[cfg(feature = "rate-limit")]
+    let limiter = {
+        use tower_rampart::rate_limit::{Policy, Quota, RateLimitLayer};
+        RateLimitLayer::builder()
+            .client_ip(resolver.clone())
+            .policy(Policy::new("per-ip", Quota::per_second(10).burst(20)))
+            .build()?
+    };
+    #[cfg(not(feature = "rate-limit"))]
+    let limiter = tower::layer::util::Identity::new();
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
@@ -52,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 req
             })
             .layer(security_headers.clone())
+            .layer(limiter.clone())
             .service(service_fn(move |req: Request<Incoming>| {
                 let ip = resolver.resolve(&req).map(|ip| ip.to_string());
                 #[cfg(feature = "profiler")]

@@ -23,14 +23,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let security_headers = SecurityHeadersLayer::recommended().build()?;
     let addr = "127.0.0.1:50051".parse()?;
     println!("gRPC health service on {addr}");
-    let stack = ServiceBuilder::new().layer(security_headers).map_request(
-        move |req: http::Request<tonic::body::Body>| {
+    // Rate limiting (feature `rate-limit`): 2 health checks per second per client; a
+    // limited call gets RESOURCE_EXHAUSTED with `retry-after` metadata.
+    #[cfg(feature = "rate-limit")]
+    let limiter = {
+        use tower_rampart::rate_limit::{Policy, Quota, RateLimitLayer};
+        RateLimitLayer::builder()
+            .policy(Policy::new("health", Quota::per_second(2)).path("/grpc.health.v1.Health/*"))
+            .build()?
+    };
+    #[cfg(not(feature = "rate-limit"))]
+    let limiter = tower::layer::util::Identity::new();
+    let stack = ServiceBuilder::new()
+        .layer(security_headers)
+        .layer(limiter)
+        .map_request(move |req: http::Request<tonic::body::Body>| {
             if let Some(ip) = resolver.resolve(&req) {
                 eprintln!("call from {ip}");
             }
             req
-        },
-    );
+        });
     // With `--features tenant`: the `x-tenant-id` metadata names the tenant.
     #[cfg(feature = "tenant")]
     let stack = stack.layer(tenants::layer()?);

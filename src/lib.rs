@@ -4,7 +4,7 @@
 //!
 //! | feature            | module                 | status            |
 //! |--------------------|------------------------|-------------------|
-//! | `rate-limit`       | `rate_limit`           | see the README    |
+//! | `rate-limit`       | [`rate_limit`]         | available         |
 //! | `security-headers` | `security_headers`     | see the README    |
 //! | `csp`              | `csp`                  | see the README    |
 //! | `tenant`           | `tenant`               | available         |
@@ -48,6 +48,9 @@ pub mod key;
 #[cfg(feature = "profiler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "profiler")))]
 pub mod profiler;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
 #[cfg(feature = "security-headers")]
 #[cfg_attr(docsrs, doc(cfg(feature = "security-headers")))]
 pub mod security_headers;

@@ -1,0 +1,187 @@
+//! Rate-limit cost per request.
+//!
+//! - in memory: our layer vs `tower_governor` (same quota: one per microsecond, burst
+//!   10^9, so every request is allowed; same key: the peer IP from `ConnectInfo`) vs a
+//!   bare `service_fn`. Target: ≤ 1.0× tower_governor.
+//! - Redis: one decision through the layer vs a raw `GET` on the same connection
+//!   manager. Target: ≤ 1.3×.
+//!
+//! `cargo bench --bench rate_limit --all-features`. After criterion's figures, a summary
+//! of the ratios measured with plain `Instant` loops in the same run is printed.
+
+use std::{
+    convert::Infallible,
+    hint::black_box,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, extract::ConnectInfo};
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use rampart_test_support::RedisServer;
+use redis::AsyncCommands;
+use tower::{Service, ServiceExt, service_fn};
+use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
+use tower_layer::Layer;
+use tower_rampart::rate_limit::{HeaderStyle, Policy, Quota, RateLimitLayer, RedisBackend};
+
+fn request() -> Request<Body> {
+    let mut req = Request::get("/api/orders").body(Body::empty()).unwrap();
+    req.extensions_mut().insert(ConnectInfo(
+        "203.0.113.7:40000".parse::<SocketAddr>().unwrap(),
+    ));
+    req
+}
+
+async fn ok(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    Ok(Response::new(Body::empty()))
+}
+
+fn quota() -> Quota {
+    Quota::new(1, Duration::from_micros(1)).burst(1_000_000_000)
+}
+
+fn ours(style: HeaderStyle) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .policy(Policy::new("bench", quota()))
+        .headers(style)
+        .build()
+        .unwrap()
+}
+
+/// Times `n` sequential calls of a service, in ns per call.
+async fn time_loop<S>(svc: S, n: u32) -> f64
+where
+    S: Service<Request<Body>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(svc.clone().oneshot(request()).await.unwrap());
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bare = service_fn(ok);
+    let governor_config = Arc::new(
+        GovernorConfigBuilder::default()
+            .period(Duration::from_micros(1))
+            .burst_size(1_000_000_000)
+            .finish()
+            .unwrap(),
+    );
+    let governor = GovernorLayer::new(governor_config).layer(service_fn(ok));
+    let plain = ours(HeaderStyle::None).layer(service_fn(ok));
+    let ietf = ours(HeaderStyle::Ietf).layer(service_fn(ok));
+    // The layer's fixed cost: a policy that does not match the request's path.
+    let bypass = RateLimitLayer::builder()
+        .policy(Policy::new("bench", quota()).path("/elsewhere"))
+        .build()
+        .unwrap()
+        .layer(service_fn(ok));
+
+    let mut g = c.benchmark_group("rate_limit_memory");
+    g.bench_function("bare_service_fn", |b| {
+        b.to_async(&rt).iter(|| bare.oneshot(request()));
+    });
+    g.bench_function("tower_governor", |b| {
+        b.to_async(&rt).iter(|| governor.clone().oneshot(request()));
+    });
+    g.bench_function("rampart_no_headers", |b| {
+        b.to_async(&rt).iter(|| plain.clone().oneshot(request()));
+    });
+    g.bench_function("rampart_ietf_headers", |b| {
+        b.to_async(&rt).iter(|| ietf.clone().oneshot(request()));
+    });
+    g.finish();
+
+    let server = RedisServer::start();
+    let (manager, redis_svc) = rt.block_on(async {
+        let client = redis::Client::open(server.url()).unwrap();
+        let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let layer = RateLimitLayer::builder()
+            .policy(Policy::new("bench", quota()))
+            .headers(HeaderStyle::None)
+            .redis(RedisBackend::from_manager(manager.clone()).timeout(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        (manager, layer.layer(service_fn(ok)))
+    });
+    let mut g = c.benchmark_group("rate_limit_redis");
+    g.bench_function("raw_get", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut m = manager.clone();
+            async move {
+                let v: Option<String> = m.get("bench-key").await.unwrap();
+                v
+            }
+        });
+    });
+    g.bench_function("rampart_decision", |b| {
+        b.to_async(&rt)
+            .iter(|| redis_svc.clone().oneshot(request()));
+    });
+    g.finish();
+
+    // The summary: the anchor and ours, interleaved, in the same process.
+    rt.block_on(async {
+        let n = 200_000;
+        let mut t = [0.0f64; 5];
+        for _ in 0..3 {
+            t[0] += time_loop(bare, n).await;
+            t[1] += time_loop(governor.clone(), n).await;
+            t[2] += time_loop(plain.clone(), n).await;
+            t[3] += time_loop(ietf.clone(), n).await;
+            t[4] += time_loop(bypass.clone(), n).await;
+        }
+        let t = t.map(|x| x / 3.0);
+        println!("\nsummary (in memory, ns per request, mean of 3 x {n} calls):");
+        println!("  bare service_fn          {:8.1}", t[0]);
+        println!("  tower_governor           {:8.1}", t[1]);
+        println!(
+            "  rampart (no headers)     {:8.1}   ratio vs tower_governor: {:.2}x",
+            t[2],
+            t[2] / t[1]
+        );
+        println!(
+            "  rampart (IETF headers)   {:8.1}   ratio vs tower_governor: {:.2}x",
+            t[3],
+            t[3] / t[1]
+        );
+        println!(
+            "  rampart (no policy hit)  {:8.1}   (the layer's fixed cost)",
+            t[4]
+        );
+
+        let n = 20_000u32;
+        let (mut get, mut dec) = (0.0, 0.0);
+        for _ in 0..3 {
+            let mut m = manager.clone();
+            let start = Instant::now();
+            for _ in 0..n {
+                let v: Option<String> = m.get("bench-key").await.unwrap();
+                black_box(v);
+            }
+            get += start.elapsed().as_nanos() as f64 / f64::from(n);
+            dec += time_loop(redis_svc.clone(), n).await;
+        }
+        let (get, dec) = (get / 3.0, dec / 3.0);
+        println!("summary (Redis, ns per request, mean of 3 x {n} calls):");
+        println!("  raw GET                  {get:8.1}");
+        println!(
+            "  rampart decision         {dec:8.1}   ratio vs GET: {:.2}x",
+            dec / get
+        );
+    });
+    drop(server);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,311 @@
+//! The in-memory GCRA backend: sharded maps, bounded by construction.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
+    sync::Mutex,
+};
+
+use super::super::{
+    gcra::{self, Clock, MAX_WINDOWS, Outcome, Window},
+    policy::Subject,
+};
+
+/// Default maximum number of keys kept (about 10 MB).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// The in-memory backend's settings: a key cap and a clock.
+///
+/// Memory is bounded by construction: the keys are spread over shards of at most
+/// `max_keys / shards` entries each, so the map never holds more than `max_keys` keys.
+/// When a shard is full, keys whose every window has fully recovered (idle keys, whose
+/// state equals "never seen") are dropped first, which loses nothing; only when more keys
+/// than the cap are active at once are the ones closest to idle forgotten.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::rate_limit::MemoryBackend;
+///
+/// let backend = MemoryBackend::new().max_keys(10_000);
+/// assert_eq!(backend.max_key_count(), 10_000);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryBackend {
+    max_keys: usize,
+    clock: Clock,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self {
+            max_keys: DEFAULT_MAX_KEYS,
+            clock: Clock::tokio(),
+        }
+    }
+}
+
+impl MemoryBackend {
+    /// The default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most keys held at once (per limiter).
+    ///
+    /// By default, 100 000 (about 10 MB). Values below 64 are raised to 64.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(64);
+        self
+    }
+
+    /// The clock the windows are measured with.
+    ///
+    /// By default, [`Clock::tokio`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The configured key cap.
+    pub fn max_key_count(&self) -> usize {
+        self.max_keys
+    }
+
+    pub(crate) fn build(&self) -> MemoryStore {
+        MemoryStore::new(self.max_keys, self.clock.clone())
+    }
+}
+
+/// A key of the map: policy index + subject, hashed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemKey {
+    hash: u64,
+    policy: usize,
+    subject: Subject,
+}
+
+impl Hash for MemKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Passes the precomputed hash through.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard = HashMap<MemKey, [u64; MAX_WINDOWS], BuildHasherDefault<IdHasher>>;
+
+/// Sharded GCRA state.
+pub(crate) struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    hasher: RandomState,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("per_shard", &self.per_shard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    pub(crate) fn new(max_keys: usize, clock: Clock) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(4, std::num::NonZero::get);
+        let shards = (cpus * 4)
+            .next_power_of_two()
+            .clamp(8, 64)
+            .min(max_keys / 8)
+            .max(1);
+        let per_shard = (max_keys / shards).max(1);
+        Self {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard::with_capacity_and_hasher(
+                        0,
+                        BuildHasherDefault::default(),
+                    ))
+                })
+                .collect(),
+            per_shard,
+            hasher: RandomState::new(),
+            clock,
+        }
+    }
+
+    /// Decides one request for `(policy, subject)`.
+    pub(crate) fn check(
+        &self,
+        policy: usize,
+        subject: Subject,
+        windows: &[Window],
+        cost: u64,
+    ) -> Outcome {
+        self.check_at(policy, subject, windows, cost, self.clock.now_us())
+    }
+
+    pub(crate) fn check_at(
+        &self,
+        policy: usize,
+        subject: Subject,
+        windows: &[Window],
+        cost: u64,
+        now: u64,
+    ) -> Outcome {
+        let hash = self.hasher.hash_one((policy, &subject));
+        #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
+        let shard = &self.shards[(hash % self.shards.len() as u64) as usize];
+        let mut map = shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = MemKey {
+            hash,
+            policy,
+            subject,
+        };
+        if let Some(tats) = map.get_mut(&key) {
+            return gcra::decide(&mut tats[..windows.len()], now, windows, cost);
+        }
+        let mut tats = [0u64; MAX_WINDOWS];
+        let outcome = gcra::decide(&mut tats[..windows.len()], now, windows, cost);
+        if outcome.allowed {
+            if map.len() >= self.per_shard {
+                evict(&mut map, now, self.per_shard);
+            }
+            map.insert(key, tats);
+        }
+        outcome
+    }
+
+    /// The number of keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
+    }
+
+    /// The most keys this store can hold.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.per_shard * self.shards.len()
+    }
+
+    /// Drops every idle key (all windows recovered).
+    pub(crate) fn sweep(&self) {
+        let now = self.clock.now_us();
+        for s in &*self.shards {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|_, t| t.iter().any(|tat| *tat > now));
+        }
+    }
+}
+
+/// Makes room in a full shard: drop idle keys (lossless); if none, drop the eighth of
+/// keys closest to idle (smallest latest TAT), so the cost is amortised O(1).
+fn evict(map: &mut Shard, now: u64, cap: usize) {
+    map.retain(|_, t| t.iter().any(|tat| *tat > now));
+    if map.len() < cap {
+        return;
+    }
+    let drop = (cap / 8).max(1);
+    let mut latest: Vec<u64> = map
+        .values()
+        .map(|t| t.iter().copied().max().unwrap_or(0))
+        .collect();
+    let (_, nth, _) = latest.select_nth_unstable(drop - 1);
+    let threshold = *nth;
+    let mut dropped = 0;
+    map.retain(|_, t| {
+        if dropped < drop && t.iter().copied().max().unwrap_or(0) <= threshold {
+            dropped += 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::gcra::ManualClock;
+    use std::{net::IpAddr, time::Duration};
+
+    fn window(per_sec: u64, burst: u64) -> [Window; 1] {
+        [Window {
+            interval: 1_000_000 / per_sec,
+            burst,
+        }]
+    }
+
+    #[test]
+    fn a_million_distinct_keys_stay_under_the_cap() {
+        let store = MemoryBackend::new().max_keys(10_000).build();
+        let w = [Window {
+            interval: 3_600_000_000,
+            burst: 100,
+        }];
+        for i in 0..1_000_000u32 {
+            let subject = Subject::Ip(IpAddr::from(i.to_be_bytes()));
+            assert!(store.check_at(0, subject, &w, 1, 1_000).allowed);
+        }
+        let len = store.len();
+        assert!(len <= 10_000, "{len} keys held, cap 10 000");
+        assert!(len >= 5_000, "eviction keeps the shards mostly full: {len}");
+        assert!(store.capacity() <= 10_000);
+    }
+
+    #[test]
+    fn idle_keys_are_swept_losslessly() {
+        let manual = ManualClock::new();
+        let store = MemoryBackend::new().clock(Clock::manual(&manual)).build();
+        let w = window(1, 1);
+        let s = Subject::Text("alice".into());
+        assert!(store.check(0, s.clone(), &w, 1).allowed);
+        assert!(!store.check(0, s.clone(), &w, 1).allowed);
+        assert_eq!(store.len(), 1);
+        manual.advance(Duration::from_secs(1));
+        store.sweep();
+        assert_eq!(store.len(), 0);
+        assert!(store.check(0, s.clone(), &w, 1).allowed);
+        assert!(format!("{store:?}").contains("shards"));
+    }
+
+    #[test]
+    fn policies_and_subjects_are_separate_buckets() {
+        let store = MemoryBackend::new().build();
+        let w = window(1, 1);
+        let a = Subject::Ip("10.0.0.1".parse().unwrap());
+        assert!(store.check_at(0, a.clone(), &w, 1, 10).allowed);
+        assert!(!store.check_at(0, a.clone(), &w, 1, 10).allowed);
+        assert!(store.check_at(1, a.clone(), &w, 1, 10).allowed);
+        assert!(store.check_at(0, Subject::Global, &w, 1, 10).allowed);
+        assert!(store.check_at(0, Subject::Unknown, &w, 1, 10).allowed);
+    }
+}

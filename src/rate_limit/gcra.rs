@@ -1,0 +1,267 @@
+//! The Generic Cell Rate Algorithm, shared by both backends.
+//!
+//! State per window is one number, the *theoretical arrival time* (TAT) in microseconds.
+//! The Redis Lua script performs exactly the same integer arithmetic (every value stays
+//! below 2^53, so Lua's doubles are exact), so both backends answer identically for the
+//! same sequence of `(now, cost)`.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+/// The most windows one policy may have.
+pub(crate) const MAX_WINDOWS: usize = 4;
+
+/// The largest `burst × interval` accepted, in microseconds (about 3 years): keeps every
+/// value the Lua script handles exact in a double.
+pub(crate) const MAX_TOLERANCE_US: u64 = 100_000_000_000_000;
+
+/// One window of a policy, ready for the algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// Microseconds between two requests at the sustained rate (period / count).
+    pub(crate) interval: u64,
+    /// How many requests may arrive at once.
+    pub(crate) burst: u64,
+}
+
+/// The state of one window after a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WindowState {
+    /// Requests still allowed right now.
+    pub(crate) remaining: u64,
+    /// Microseconds until the window is back to its full burst.
+    pub(crate) reset: u64,
+}
+
+/// The answer for one policy (all its windows, atomically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) allowed: bool,
+    /// Microseconds until the request would be allowed (0 when allowed).
+    pub(crate) retry_after: u64,
+    pub(crate) windows: [WindowState; MAX_WINDOWS],
+    pub(crate) len: usize,
+}
+
+impl Outcome {
+    pub(crate) fn windows(&self) -> &[WindowState] {
+        &self.windows[..self.len]
+    }
+}
+
+/// Decides one request of `cost` at `now` against `windows`, updating `tats` only when
+/// every window allows it. `tats[i] == 0` means "no state" (a fresh key).
+pub(crate) fn decide(tats: &mut [u64], now: u64, windows: &[Window], cost: u64) -> Outcome {
+    let mut out = Outcome {
+        allowed: true,
+        retry_after: 0,
+        windows: [WindowState::default(); MAX_WINDOWS],
+        len: windows.len(),
+    };
+    let mut new_tats = [0u64; MAX_WINDOWS];
+    for (i, w) in windows.iter().enumerate() {
+        let tat = tats[i].max(now);
+        let tolerance = w.burst * w.interval;
+        let new_tat = tat + cost * w.interval;
+        let allow_at = new_tat.saturating_sub(tolerance);
+        if allow_at > now {
+            out.allowed = false;
+            out.retry_after = out.retry_after.max(allow_at - now);
+        }
+        new_tats[i] = new_tat;
+    }
+    for (i, w) in windows.iter().enumerate() {
+        let tolerance = w.burst * w.interval;
+        let used = if out.allowed {
+            new_tats[i] - now
+        } else {
+            tats[i].max(now) - now
+        };
+        out.windows[i] = WindowState {
+            remaining: tolerance.saturating_sub(used) / w.interval,
+            reset: used,
+        };
+        if out.allowed {
+            tats[i] = new_tats[i];
+        }
+    }
+    out
+}
+
+/// Where the in-memory backend reads the time from.
+///
+/// By default ([`Clock::tokio`]), tokio's monotonic clock: `tokio::time::pause()` and
+/// `advance()` drive it in tests. A [`ManualClock`] is moved by hand.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::rate_limit::{Clock, ManualClock};
+///
+/// let manual = ManualClock::new();
+/// let clock = Clock::manual(&manual);
+/// let t0 = clock.now();
+/// manual.advance(Duration::from_secs(2));
+/// assert_eq!(clock.now() - t0, Duration::from_secs(2));
+/// ```
+#[derive(Clone)]
+pub struct Clock(ClockInner);
+
+#[derive(Clone)]
+enum ClockInner {
+    Tokio(tokio::time::Instant),
+    Manual(ManualClock),
+}
+
+impl Clock {
+    /// tokio's monotonic clock (honours `tokio::time::pause()` in tests).
+    pub fn tokio() -> Self {
+        Self(ClockInner::Tokio(tokio::time::Instant::now()))
+    }
+
+    /// A clock that only moves when `manual` is advanced.
+    pub fn manual(manual: &ManualClock) -> Self {
+        Self(ClockInner::Manual(manual.clone()))
+    }
+
+    /// The time elapsed since the clock's origin.
+    pub fn now(&self) -> Duration {
+        Duration::from_micros(self.now_us())
+    }
+
+    /// Microseconds since the origin, starting at 1 (0 means "no state").
+    pub(crate) fn now_us(&self) -> u64 {
+        match &self.0 {
+            ClockInner::Tokio(start) => {
+                u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX / 4) + 1
+            }
+            ClockInner::Manual(m) => m.0.load(Ordering::Relaxed) + 1,
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::tokio()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            ClockInner::Tokio(_) => f.write_str("Clock::Tokio"),
+            ClockInner::Manual(m) => write!(f, "Clock::Manual({:?})", m.get()),
+        }
+    }
+}
+
+/// A clock moved by hand, for tests and simulations. Clones share the time.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::rate_limit::ManualClock;
+///
+/// let clock = ManualClock::new();
+/// clock.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.get(), Duration::from_millis(1500));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock at time zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let us = u64::try_from(by.as_micros()).unwrap_or(u64::MAX / 4);
+        self.0.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The time since the clock was created.
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000;
+
+    #[test]
+    fn burst_then_sustained_rate() {
+        let w = [Window {
+            interval: 12 * SEC,
+            burst: 5,
+        }];
+        let mut tats = [0u64; 1];
+        let now = 100 * SEC;
+        for i in 0..5 {
+            let o = decide(&mut tats, now, &w, 1);
+            assert!(o.allowed, "request {i}");
+            assert_eq!(o.windows()[0].remaining, 4 - i);
+        }
+        let o = decide(&mut tats, now, &w, 1);
+        assert!(!o.allowed);
+        assert_eq!(o.retry_after, 12 * SEC);
+        assert_eq!(o.windows()[0].remaining, 0);
+        assert_eq!(o.windows()[0].reset, 60 * SEC);
+        assert!(!decide(&mut tats, now + 12 * SEC - 1, &w, 1).allowed);
+        assert!(decide(&mut tats, now + 12 * SEC, &w, 1).allowed);
+    }
+
+    #[test]
+    fn windows_are_all_or_nothing() {
+        let w = [
+            Window {
+                interval: SEC,
+                burst: 2,
+            },
+            Window {
+                interval: 10 * SEC,
+                burst: 3,
+            },
+        ];
+        let mut tats = [0u64; 2];
+        let now = SEC;
+        assert!(decide(&mut tats, now, &w, 1).allowed);
+        assert!(decide(&mut tats, now, &w, 1).allowed);
+        let before = tats;
+        let o = decide(&mut tats, now, &w, 1);
+        assert!(!o.allowed);
+        assert_eq!(tats, before, "a rejection changes no window");
+        // After 2 s the short window is free, the long one has one slot left.
+        let o = decide(&mut tats, now + 2 * SEC, &w, 1);
+        assert!(o.allowed);
+        assert_eq!(o.windows()[1].remaining, 0);
+        assert!(!decide(&mut tats, now + 4 * SEC, &w, 1).allowed);
+    }
+
+    #[test]
+    fn cost_counts_several_units() {
+        let w = [Window {
+            interval: SEC,
+            burst: 10,
+        }];
+        let mut tats = [0u64; 1];
+        assert!(decide(&mut tats, 1, &w, 4).allowed);
+        assert!(decide(&mut tats, 1, &w, 4).allowed);
+        let o = decide(&mut tats, 1, &w, 4);
+        assert!(!o.allowed);
+        assert_eq!(o.windows()[0].remaining, 2);
+        assert_eq!(o.retry_after, 2 * SEC);
+    }
+}

@@ -1,0 +1,465 @@
+//! The layer, its builder and the shared limiter.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{Request, header::CONTENT_TYPE};
+use tower_layer::Layer;
+
+#[cfg(feature = "redis")]
+use super::backend::redis::{BackendError, FailureMode, RedisBackend, RedisStore};
+#[cfg(feature = "redis")]
+use super::policy::Subject;
+use super::{
+    backend::memory::{MemoryBackend, MemoryStore},
+    pattern::PathPattern,
+    policy::{Compiled, Policy, RequestInfo},
+    response::{
+        Checked, Checks, DefaultRejection, HeaderStyle, OnRejection, Rejection, RejectionKind,
+        Rendered, render,
+    },
+    service::RateLimit,
+};
+use crate::{client_ip::ClientIpResolver, error::ConfigError, identity::IdentityReader};
+
+/// Applies named rate-limit policies to every request of the wrapped service.
+///
+/// Build it with [`RateLimitLayer::builder`]; clones share the same counters.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, Policy, Quota, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::new("login", Quota::per_minute(5)).post("/accounts/login/").key(Key::ClientIp))
+///     .policy(Policy::new("api", Quota::per_hour(100)).path("/api/*").key(Key::User))
+///     .exempt("/health/*")
+///     .build()
+///     .unwrap();
+/// assert_eq!(layer.policy_names().collect::<Vec<_>>(), ["login", "api"]);
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RateLimitLayer {
+    pub(crate) limiter: Arc<Limiter>,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("policies", &self.limiter.policies.len())
+            .field("backend", &self.limiter.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// A builder with no policy, the in-memory backend and default settings.
+    pub fn builder() -> RateLimitBuilder {
+        RateLimitBuilder::default()
+    }
+
+    /// The names of the policies, in order.
+    pub fn policy_names(&self) -> impl Iterator<Item = &str> {
+        self.limiter.policies.iter().map(|p| &*p.name)
+    }
+
+    /// The number of keys held by the in-memory backend (or the local fallback of the
+    /// Redis backend); 0 when there is none.
+    pub fn memory_keys(&self) -> usize {
+        self.limiter.memory().map_or(0, MemoryStore::len)
+    }
+
+    /// Drops the in-memory keys whose windows have all fully recovered. This loses no
+    /// information (an idle key behaves exactly like a new one); full shards do it on
+    /// their own, so calling it is only useful to give memory back early.
+    pub fn evict_idle(&self) {
+        if let Some(m) = self.limiter.memory() {
+            m.sweep();
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.limiter.clone())
+    }
+}
+
+/// Builds a [`RateLimitLayer`].
+///
+/// By default: no policy, no exemption, the in-memory backend with
+/// [`MemoryBackend::default`], a [`ClientIpResolver`] that trusts no proxy, an
+/// [`IdentityReader`] that knows no user type, [`HeaderStyle::Ietf`] and
+/// [`DefaultRejection`].
+#[must_use]
+pub struct RateLimitBuilder {
+    policies: Vec<Policy>,
+    exempt: Vec<String>,
+    resolver: ClientIpResolver,
+    identity: IdentityReader,
+    memory: MemoryBackend,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisBackend>,
+    headers: HeaderStyle,
+    on_rejection: Arc<dyn OnRejection>,
+}
+
+impl Default for RateLimitBuilder {
+    fn default() -> Self {
+        Self {
+            policies: Vec::new(),
+            exempt: Vec::new(),
+            resolver: ClientIpResolver::default(),
+            identity: IdentityReader::new(),
+            memory: MemoryBackend::default(),
+            #[cfg(feature = "redis")]
+            redis: None,
+            headers: HeaderStyle::default(),
+            on_rejection: Arc::new(DefaultRejection),
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitBuilder")
+            .field("policies", &self.policies)
+            .field("exempt", &self.exempt)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitBuilder {
+    /// Adds a policy. Every policy matching a request is checked; any rejection rejects.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policies.push(policy);
+        self
+    }
+
+    /// Exempts paths matching `pattern` (see [`PathPattern`]) from every policy.
+    ///
+    /// By default, nothing is exempt.
+    pub fn exempt(mut self, pattern: impl Into<String>) -> Self {
+        self.exempt.push(pattern.into());
+        self
+    }
+
+    /// How the client address is found (trusted proxies, IPv6 prefix).
+    ///
+    /// By default, [`ClientIpResolver::default`]: no proxy is trusted.
+    pub fn client_ip(mut self, resolver: ClientIpResolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// How the user and tenant are read from request extensions.
+    ///
+    /// By default, [`IdentityReader::new`]: every request is anonymous.
+    pub fn identity(mut self, reader: IdentityReader) -> Self {
+        self.identity = reader;
+        self
+    }
+
+    /// Uses the in-memory backend with these settings.
+    ///
+    /// By default, the in-memory backend with [`MemoryBackend::default`].
+    pub fn memory(mut self, backend: MemoryBackend) -> Self {
+        self.memory = backend;
+        #[cfg(feature = "redis")]
+        {
+            self.redis = None;
+        }
+        self
+    }
+
+    /// Uses Redis (shared by every instance of the application).
+    ///
+    /// By default, the in-memory backend.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, backend: RedisBackend) -> Self {
+        self.redis = Some(backend);
+        self
+    }
+
+    /// Which rate-limit headers responses carry.
+    ///
+    /// By default, [`HeaderStyle::Ietf`].
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.headers = style;
+        self
+    }
+
+    /// The response for refused requests.
+    ///
+    /// By default, [`DefaultRejection`].
+    pub fn on_rejection(mut self, strategy: impl OnRejection) -> Self {
+        self.on_rejection = Arc::new(strategy);
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying how to fix it for a zero quota or burst, an empty or
+    /// malformed path pattern, a duplicate or unusable policy name, a cost above a burst,
+    /// or more than four windows in a policy.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        #[cfg(feature = "redis")]
+        let divisor = self.redis.as_ref().map_or(1, RedisBackend::divisor);
+        #[cfg(not(feature = "redis"))]
+        let divisor = 1;
+        let mut policies: Vec<Compiled> = Vec::with_capacity(self.policies.len());
+        for (i, p) in self.policies.iter().enumerate() {
+            if policies.iter().any(|c| &*c.name == p.name()) {
+                return Err(ConfigError::new(format!(
+                    "rate-limit policy name `{}` is used twice: give each policy its own name \
+                     (it names the counters, the headers and the metrics)",
+                    p.name()
+                )));
+            }
+            policies.push(p.compile(i, divisor)?);
+        }
+        let exempt = self
+            .exempt
+            .iter()
+            .map(|p| PathPattern::new(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        #[cfg(feature = "redis")]
+        let backend = match &self.redis {
+            Some(r) => Backend::Redis(r.build()),
+            None => Backend::Memory(self.memory.build()),
+        };
+        #[cfg(not(feature = "redis"))]
+        let backend = Backend::Memory(self.memory.build());
+        Ok(RateLimitLayer {
+            limiter: Arc::new(Limiter {
+                policies,
+                exempt,
+                resolver: self.resolver,
+                identity: self.identity,
+                backend,
+                headers: self.headers,
+                on_rejection: self.on_rejection,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Memory(MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
+}
+
+/// Everything the service needs, shared by all clones.
+pub(crate) struct Limiter {
+    pub(crate) policies: Vec<Compiled>,
+    exempt: Vec<PathPattern>,
+    resolver: ClientIpResolver,
+    identity: IdentityReader,
+    pub(crate) backend: Backend,
+    headers: HeaderStyle,
+    on_rejection: Arc<dyn OnRejection>,
+}
+
+/// The result of the synchronous part of a decision.
+pub(crate) enum Plan {
+    /// No policy applies: call the inner service untouched.
+    Bypass,
+    /// Decided in memory: call the inner service, then add these headers.
+    Allow(Option<Rendered>),
+    /// Decided in memory: answer with this response.
+    Reject(Box<http::Response<bytes::Bytes>>),
+    /// Needs Redis: these `(policy, subject)` pairs.
+    #[cfg(feature = "redis")]
+    Remote(Vec<(usize, Subject)>, bool),
+}
+
+static METRIC_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Increments a decision counter whose key was built once, at build time (no allocation
+/// per request; a recorder installed after the layer was built is still used).
+fn count(key: &metrics::Key) {
+    metrics::with_recorder(|r| r.register_counter(key, &METRIC_METADATA)).increment(1);
+}
+
+impl Limiter {
+    fn memory(&self) -> Option<&MemoryStore> {
+        match &self.backend {
+            Backend::Memory(m) => Some(m),
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => r.fallback.as_ref(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn exempt_patterns(&self) -> &[PathPattern] {
+        &self.exempt
+    }
+
+    fn is_grpc<B>(req: &Request<B>) -> bool {
+        cfg!(feature = "tonic")
+            && req
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    }
+
+    /// Decides what to do with `req`, synchronously for the in-memory backend.
+    pub(crate) fn plan<B>(&self, req: &Request<B>) -> Plan {
+        let path = req.uri().path();
+        if self.policies.is_empty() || self.exempt.iter().any(|p| p.matches(path)) {
+            return Plan::Bypass;
+        }
+        let method = req.method();
+        let mut info: Option<RequestInfo<'_>> = None;
+        let grpc = Self::is_grpc(req);
+        let mut checked = Checks::default();
+        #[cfg(feature = "redis")]
+        let mut remote: Vec<(usize, Subject)> = Vec::new();
+        for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
+            let info = info.get_or_insert_with(|| RequestInfo {
+                method,
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+                client_ip: self.resolver.resolve(req),
+            });
+            let Some(subject) = policy.subject(info, &self.identity) else {
+                continue;
+            };
+            match &self.backend {
+                Backend::Memory(store) => {
+                    let outcome = store.check(policy.index, subject, &policy.windows, policy.cost);
+                    if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
+                        return Plan::Reject(Box::new(self.reject(reject, &checked)));
+                    }
+                }
+                #[cfg(feature = "redis")]
+                Backend::Redis(_) => remote.push((policy.index, subject)),
+            }
+        }
+        #[cfg(feature = "redis")]
+        if !remote.is_empty() {
+            return Plan::Remote(remote, grpc);
+        }
+        if checked.is_empty() {
+            return Plan::Bypass;
+        }
+        Plan::Allow(self.headers_for(&checked))
+    }
+
+    /// Counts a decision; returns the rejection if the request must be refused.
+    fn record<'a>(
+        policy: &'a Compiled,
+        outcome: super::gcra::Outcome,
+        grpc: bool,
+        checked: &mut Checks<'a>,
+    ) -> Option<Rejection> {
+        count(
+            &policy.metric_keys[match (outcome.allowed, policy.shadow) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            }],
+        );
+        if policy.shadow {
+            if !outcome.allowed {
+                tracing::info!(policy = %policy.name, retry_after_us = outcome.retry_after, "rate limit exceeded (shadow mode: allowed)");
+            }
+            return None;
+        }
+        checked.push(Checked { policy, outcome });
+        if outcome.allowed {
+            return None;
+        }
+        tracing::debug!(policy = %policy.name, retry_after_us = outcome.retry_after, "rate limit exceeded");
+        Some(Rejection::new(
+            RejectionKind::RateLimited,
+            policy.name.clone(),
+            Duration::from_micros(outcome.retry_after),
+            grpc,
+        ))
+    }
+
+    fn headers_for(&self, checked: &Checks<'_>) -> Option<Rendered> {
+        if !self.headers.any() || checked.is_empty() {
+            return None;
+        }
+        let mut h = Rendered::with_capacity(5);
+        render(self.headers, checked, &mut h);
+        Some(h)
+    }
+
+    pub(crate) fn reject(
+        &self,
+        rejection: Rejection,
+        checked: &Checks<'_>,
+    ) -> http::Response<bytes::Bytes> {
+        let res = self.on_rejection.on_rejection(&rejection);
+        let headers = if rejection.is_grpc() {
+            None
+        } else {
+            self.headers_for(checked)
+        };
+        super::response::finish_rejection(res, rejection, headers)
+    }
+
+    /// The Redis part of a decision: one round trip per policy.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn decide_remote(
+        &self,
+        subjects: Vec<(usize, Subject)>,
+        grpc: bool,
+    ) -> Result<Option<Rendered>, http::Response<bytes::Bytes>> {
+        let Backend::Redis(store) = &self.backend else {
+            return Ok(None);
+        };
+        let mut checked = Checks::default();
+        for (index, subject) in subjects {
+            let policy = &self.policies[index];
+            let outcome = match store.check(policy, &subject).await {
+                Ok(o) => o,
+                Err(err) => {
+                    if matches!(err, BackendError::Down) {
+                        tracing::debug!(policy = %policy.name, "rate limit backend down: failure mode applies");
+                    } else {
+                        tracing::warn!(policy = %policy.name, error = %err, "rate limit backend failed: failure mode applies");
+                    }
+                    metrics::counter!("rate_limit_backend_errors_total", "policy" => policy.name.clone()).increment(1);
+                    match store.failure_mode() {
+                        FailureMode::Open => {
+                            metrics::counter!("rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "backend_error").increment(1);
+                            continue;
+                        }
+                        FailureMode::Closed => {
+                            metrics::counter!("rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "unavailable").increment(1);
+                            let r = Rejection::new(
+                                RejectionKind::BackendUnavailable,
+                                policy.name.clone(),
+                                Duration::from_secs(1),
+                                grpc,
+                            );
+                            return Err(self.reject(r, &Checks::default()));
+                        }
+                        FailureMode::LocalFallback { .. } => match &store.fallback {
+                            Some(m) => m.check(index, subject, &policy.fallback, policy.cost),
+                            None => continue,
+                        },
+                    }
+                }
+            };
+            if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
+                return Err(self.reject(reject, &checked));
+            }
+        }
+        Ok(self.headers_for(&checked))
+    }
+}

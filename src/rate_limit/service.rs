@@ -1,0 +1,176 @@
+//! The middleware service and its response future.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{
+    layer::{Limiter, Plan},
+    response::Rendered,
+};
+use crate::body::ResponseBody;
+
+/// The rate-limit middleware; build it with [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// With the in-memory backend the decision is synchronous and the future is a plain
+/// wrapper around the inner one. With Redis, the decision must run before the inner
+/// call, so the service boxes **once** per limited request (the decision and the inner
+/// call in one future); requests no policy applies to are never boxed.
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Arc<Limiter>,
+}
+
+impl<S> RateLimit<S> {
+    pub(crate) fn new(inner: S, limiter: Arc<Limiter>) -> Self {
+        Self { inner, limiter }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("policies", &self.limiter.policies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxedResponse<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let kind = match self.limiter.plan(&req) {
+            Plan::Bypass => Kind::Inner {
+                fut: self.inner.call(req),
+                headers: None,
+            },
+            Plan::Allow(headers) => Kind::Inner {
+                fut: self.inner.call(req),
+                headers,
+            },
+            Plan::Reject(res) => Kind::Ready {
+                res: Some(Box::new(res.map(ResponseBody::full))),
+            },
+            #[cfg(feature = "redis")]
+            Plan::Remote(subjects, grpc) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let limiter = self.limiter.clone();
+                Kind::Boxed {
+                    fut: Box::pin(async move {
+                        match limiter.decide_remote(subjects, grpc).await {
+                            Err(res) => Ok(res.map(ResponseBody::full)),
+                            Ok(headers) => {
+                                let res = inner.call(req).await?;
+                                Ok(decorate(res, headers))
+                            }
+                        }
+                    }),
+                }
+            }
+        };
+        ResponseFuture { kind }
+    }
+}
+
+fn decorate<B>(res: Response<B>, headers: Option<Rendered>) -> Response<ResponseBody<B>> {
+    let mut res = res.map(ResponseBody::new);
+    for (name, value) in headers.into_iter().flatten() {
+        res.headers_mut().insert(name, value);
+    }
+    res
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`].
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Inner { #[pin] fut: F, headers: Option<Rendered> },
+        Ready { res: Option<Box<Response<ResponseBody<B>>>> },
+        Boxed { fut: BoxedResponse<B, E> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rate_limit::ResponseFuture")
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { fut, headers } => {
+                let res = ready!(fut.poll(cx))?;
+                Poll::Ready(Ok(decorate(res, headers.take())))
+            }
+            KindProj::Ready { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(*res)),
+                // Polled after completion: answer again rather than panic.
+                None => Poll::Ready(Ok(Response::new(ResponseBody::full(Bytes::new())))),
+            },
+            KindProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The Redis backend on real servers: exactness across instances, equivalence with the
+//! in-memory backend, failure modes and recovery, timeouts, NOSCRIPT, expiry, Cluster.
+
+use std::time::{Duration, Instant};
+
+use rampart_test_support::{RedisCluster, RedisServer};
+use redis::AsyncCommands;
+
+use super::*;
+use crate::rate_limit::backend::{memory::MemoryStore, redis::BackendError};
+
+/// A backend with a generous timeout: the test machine is busy, and the timeout has its
+/// own test.
+async fn backend(url: &str) -> RedisBackend {
+    RedisBackend::connect(url)
+        .await
+        .unwrap()
+        .timeout(Duration::from_secs(1))
+}
+
+fn one_policy(quota: Quota) -> RateLimitBuilder {
+    RateLimitLayer::builder().policy(Policy::new("p", quota))
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_100_of_1000_concurrent_requests_across_four_instances() {
+    let server = RedisServer::start();
+    let mut services = Vec::new();
+    for _ in 0..4 {
+        // Four separate layers, four connection managers: four simulated app servers.
+        let layer = one_policy(Quota::per_hour(100))
+            .redis(backend(&server.url()).await.timeout(Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        services.push(service(&layer));
+    }
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let svc = services[i % 4].clone();
+            tokio::spawn(async move { svc.oneshot(get("/", PEER)).await.unwrap().status() })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(
+            s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS,
+            "{s}"
+        );
+        if s == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 100);
+}
+
+#[tokio::test]
+async fn same_sequence_same_answers_in_memory_and_redis() {
+    let server = RedisServer::start();
+    let store = backend(&server.url()).await.build();
+    let memory = MemoryStore::new(1000, Clock::manual(&ManualClock::new()));
+    let policy = Policy::new("eq", Quota::per_second(3).burst(5))
+        .window(Quota::per_minute(40))
+        .cost(2)
+        .compile(0, 1)
+        .unwrap();
+    let subject = crate::rate_limit::policy::Subject::Ip("192.0.2.44".parse().unwrap());
+    // A deterministic pseudo-random sequence of arrival gaps (0..700 ms).
+    let mut now: u64 = 1_700_000_000_000_000;
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut allowed = 0;
+    for i in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        now += seed % 700_000;
+        let m = memory.check_at(0, subject.clone(), &policy.windows, policy.cost, now);
+        let r = store.eval(&policy, &subject, Some(now)).await.unwrap();
+        assert_eq!(m, r, "decision {i} at {now}");
+        allowed += usize::from(m.allowed);
+    }
+    assert!(
+        allowed > 20 && allowed < 280,
+        "the sequence exercises both answers: {allowed}"
+    );
+}
+
+#[tokio::test]
+async fn keys_share_a_hash_tag_expire_and_use_the_prefix() {
+    let server = RedisServer::start();
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("two", Quota::per_second(5)).window(Quota::per_minute(30)))
+        .redis(backend(&server.url()).await.prefix("myapp"))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let res = send(&mut svc, get("/", PEER)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["ratelimit"],
+        "\"two-0\";r=4;t=1, \"two-1\";r=29;t=2"
+    );
+    let mut con = raw(&server.url()).await;
+    let mut keys: Vec<String> = con.keys("*").await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "{myapp:1:two:ip:203.0.113.5}:0",
+            "{myapp:1:two:ip:203.0.113.5}:1"
+        ]
+    );
+    for k in &keys {
+        let ttl: i64 = con.pttl(k).await.unwrap();
+        assert!(ttl > 0 && ttl <= 2_001, "{k} expires: {ttl}");
+    }
+    // A user-supplied long key never reaches Redis unbounded.
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("h", Quota::per_second(5)).key(Key::header("x-k").unwrap()))
+        .redis(backend(&server.url()).await.prefix("long"))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let mut r = get("/", PEER);
+    r.headers_mut()
+        .insert("x-k", "z".repeat(50_000).parse().unwrap());
+    assert_eq!(status(&mut svc, r).await, 200);
+    let long: Vec<String> = con.keys("{long*").await.unwrap();
+    assert_eq!(long.len(), 1);
+    assert!(long[0].len() < 260, "{}", long[0].len());
+}
+
+#[tokio::test]
+async fn script_is_reloaded_after_noscript() {
+    let server = RedisServer::start();
+    let layer = one_policy(Quota::per_minute(2))
+        .redis(backend(&server.url()).await)
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, get("/", PEER)).await, 200);
+    let mut con = raw(&server.url()).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let res = send(&mut svc, get("/", PEER)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["ratelimit"],
+        "\"p\";r=0;t=60",
+        "decided by Redis, not a fallback"
+    );
+    assert_eq!(status(&mut svc, get("/", PEER)).await, 429);
+}
+
+/// Waits (real time: an external process restarts) until Redis decides again.
+async fn until_redis_answers(svc: &mut Svc, peer: &str) -> Response<ResponseBody<Full<Bytes>>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = send(svc, get("/", peer)).await;
+        if res
+            .headers()
+            .get("ratelimit")
+            .is_some_and(|v| v == "\"p\";r=2;t=20")
+            || Instant::now() > deadline
+        {
+            return res;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn failure_mode_open_allows_and_recovers() {
+    let mut server = RedisServer::start();
+    let layer = one_policy(Quota::per_minute(3))
+        .redis(
+            backend(&server.url())
+                .await
+                .failure_mode(FailureMode::Open)
+                .retry_interval(Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    for _ in 0..3 {
+        assert_eq!(status(&mut svc, get("/", PEER)).await, 200);
+    }
+    assert_eq!(status(&mut svc, get("/", PEER)).await, 429);
+    server.stop();
+    for _ in 0..5 {
+        let res = send(&mut svc, get("/", PEER)).await;
+        assert_eq!(res.status(), 200, "open: allowed while Redis is down");
+        assert!(!res.headers().contains_key("ratelimit"));
+    }
+    server.restart();
+    let res = until_redis_answers(&mut svc, PEER).await;
+    assert_eq!(
+        res.headers()["ratelimit"],
+        "\"p\";r=2;t=20",
+        "recovered without a restart"
+    );
+}
+
+#[tokio::test]
+async fn failure_mode_closed_answers_503_json_and_recovers() {
+    let mut server = RedisServer::start();
+    let layer = one_policy(Quota::per_minute(3))
+        .redis(
+            backend(&server.url())
+                .await
+                .failure_mode(FailureMode::Closed)
+                .retry_interval(Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, get("/", PEER)).await, 200);
+    server.stop();
+    let res = send(&mut svc, get("/", PEER)).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        res.extensions().get::<Rejection>().unwrap().kind(),
+        RejectionKind::BackendUnavailable
+    );
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body = json(res).await;
+    assert_eq!(body["error"], "Service unavailable");
+    assert_eq!(body["retry_after"], 1);
+    server.restart();
+    let res = until_redis_answers(&mut svc, PEER).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["ratelimit"], "\"p\";r=2;t=20");
+}
+
+#[tokio::test]
+async fn failure_mode_local_fallback_divides_the_quota_and_recovers() {
+    let mut server = RedisServer::start();
+    let layer = one_policy(Quota::per_minute(3))
+        .redis(
+            backend(&server.url())
+                .await
+                .failure_mode(FailureMode::LocalFallback { divisor: 3 })
+                .retry_interval(Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, get("/", PEER)).await, 200);
+    server.stop();
+    // 3 per minute over 3 instances: 1 per minute locally.
+    let res = send(&mut svc, get("/", PEER)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["ratelimit"], "\"p\";r=0;t=60");
+    let res = send(&mut svc, get("/", PEER)).await;
+    assert_eq!(res.status(), 429, "the fallback enforces the divided quota");
+    assert_eq!(res.headers()["retry-after"], "60");
+    assert_eq!(layer.memory_keys(), 1);
+    server.restart();
+    let res = until_redis_answers(&mut svc, PEER).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["ratelimit"], "\"p\";r=2;t=20");
+}
+
+#[tokio::test]
+async fn after_a_failure_redis_is_left_alone_for_the_retry_interval() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new();
+    let layer = one_policy(Quota::per_minute(3))
+        .redis(
+            backend(&server.url())
+                .await
+                .failure_mode(FailureMode::LocalFallback { divisor: 3 })
+                .clock(Clock::manual(&clock))
+                .retry_interval(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    server.stop();
+    assert_eq!(status(&mut svc, get("/", "192.0.2.1:1")).await, 200);
+    server.restart();
+    // Redis is back, but the retry interval has not passed: still the fallback.
+    let started = Instant::now();
+    let res = send(&mut svc, get("/", "192.0.2.2:1")).await;
+    assert_eq!(res.headers()["ratelimit"], "\"p\";r=0;t=60");
+    assert!(
+        started.elapsed() < Duration::from_millis(40),
+        "no Redis call while marked down"
+    );
+    clock.advance(Duration::from_secs(5));
+    let res = until_redis_answers(&mut svc, "192.0.2.3:1").await;
+    assert_eq!(res.headers()["ratelimit"], "\"p\";r=2;t=20");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_times_out_into_the_failure_mode() {
+    let server = RedisServer::start_with_args(&["--enable-debug-command", "yes"]);
+    let layer = one_policy(Quota::per_minute(3))
+        .redis(
+            backend(&server.url())
+                .await
+                .timeout(Duration::from_millis(50))
+                .failure_mode(FailureMode::Open),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert!(
+        send(&mut svc, get("/", PEER))
+            .await
+            .headers()
+            .contains_key("ratelimit")
+    );
+    let url = server.url();
+    let sleeper = tokio::spawn(async move {
+        let mut con = raw(&url).await;
+        let _: Result<(), _> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.5")
+            .query_async(&mut con)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let res = send(&mut svc, get("/", PEER)).await;
+    let took = started.elapsed();
+    assert_eq!(res.status(), 200);
+    assert!(
+        !res.headers().contains_key("ratelimit"),
+        "decided by the failure mode"
+    );
+    assert!(
+        took < Duration::from_millis(400),
+        "the timeout cut the call short: {took:?}"
+    );
+    sleeper.await.unwrap();
+    let err = BackendError::Timeout;
+    assert_eq!(err.to_string(), "redis timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_work_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start();
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("c", Quota::per_second(2)).window(Quota::per_minute(3)))
+        .redis(
+            RedisBackend::cluster(cluster.urls())
+                .await
+                .unwrap()
+                .timeout(Duration::from_secs(2)),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    for i in 0..30 {
+        let peer = format!("198.51.100.{i}:1");
+        assert_eq!(status(&mut svc, get("/", &peer)).await, 200);
+        assert_eq!(status(&mut svc, get("/", &peer)).await, 200);
+        let res = send(&mut svc, get("/", &peer)).await;
+        assert_eq!(res.status(), 429, "client {i}");
+        assert_eq!(
+            res.headers()["ratelimit"],
+            "\"c-0\";r=0;t=1, \"c-1\";r=1;t=40"
+        );
+    }
+    // The keys are spread over the masters.
+    let mut nodes_with_keys = 0;
+    for url in cluster.urls() {
+        let mut con = raw(&url).await;
+        let n: i64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+        if n > 0 {
+            nodes_with_keys += 1;
+        }
+    }
+    assert!(nodes_with_keys >= 2, "keys on {nodes_with_keys} masters");
+    assert!(format!("{layer:?}").contains("cluster"));
+}
