@@ -148,7 +148,7 @@ enum Flight {
     TimedOut,
 }
 
-type Flights = Mutex<HashMap<String, (u64, watch::Receiver<Flight>)>>;
+type Flights = Mutex<HashMap<String, (u64, watch::Sender<Flight>)>>;
 
 struct Shared<C> {
     store: Arc<dyn Store>,
@@ -543,14 +543,14 @@ impl<C: Codec> Cache<C> {
                     .flights
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some((_, rx)) = map.get(&loc.key) {
-                    Role::Follow(rx.clone())
+                if let Some((_, tx)) = map.get(&loc.key) {
+                    Role::Follow(tx.subscribe())
                 } else if !rechecked && shared.completions.load(Ordering::SeqCst) != seen {
                     Role::Recheck
                 } else {
                     let id = shared.next_flight.fetch_add(1, Ordering::Relaxed);
-                    let (tx, rx) = watch::channel(Flight::Pending);
-                    map.insert(loc.key.clone(), (id, rx));
+                    let (tx, _) = watch::channel(Flight::Pending);
+                    map.insert(loc.key.clone(), (id, tx.clone()));
                     Role::Lead(Leader {
                         flights: &shared.flights,
                         key: loc.key.clone(),
@@ -584,7 +584,7 @@ impl<C: Codec> Cache<C> {
             .flights
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(key).map(|(_, rx)| rx.clone())
+        map.get(key).map(|(_, tx)| tx.subscribe())
     }
 
     async fn follow<T: DeserializeOwned, E>(
@@ -668,5 +668,27 @@ impl<C: Codec> Cache<C> {
         shared.completions.fetch_add(1, Ordering::SeqCst);
         leader.finish(Flight::Done(body));
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+impl<C> Cache<C> {
+    /// Loads in flight (tests).
+    pub(crate) fn shared_flights(&self) -> usize {
+        self.shared.flights.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Callers waiting for the load of a logical key of this handle (tests).
+    pub(crate) fn shared_waiters(&self, key: &str) -> usize
+    where
+        C: Codec,
+    {
+        let loc = self.loc(key);
+        self.shared
+            .flights
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&loc.key).map(|(_, tx)| tx.receiver_count()))
+            .unwrap_or(0)
     }
 }

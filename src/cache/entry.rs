@@ -176,7 +176,8 @@ mod tests {
             let raw = Bytes::from(encode(&tags, &framed));
             let e = decode(&raw).unwrap();
             prop_assert_eq!(e.tags, tags);
-            prop_assert_eq!(unframe(&e.body).unwrap().as_ref(), &body[..]);
+            let value = unframe(&e.body).unwrap();
+            prop_assert_eq!(value.as_ref(), &body[..]);
         }
     }
 }
