@@ -18,10 +18,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
     let resolver = ClientIpResolver::new(TrustedProxies::loopback());
+    #[cfg(feature = "cache")]
+    let cache = tower_rampart::cache::Cache::builder()
+        .build(tower_rampart::cache::MemoryBackend::new(16 << 20))?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
-        let svc = ServiceBuilder::new()
+        let svc = ServiceBuilder::new();
+        // Response cache (feature `cache`): answers repeated GETs from memory, with ETags.
+        #[cfg(feature = "cache")]
+        let svc = svc.layer(tower_rampart::cache::ResponseCacheLayer::new(cache.clone()));
+        let svc = svc
             .map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
                 req
@@ -30,7 +37,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ip = resolver.resolve(&req).map(|ip| ip.to_string());
                 async move {
                     let text = format!("hello, {}\n", ip.as_deref().unwrap_or("stranger"));
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    let mut res = Response::new(Full::new(Bytes::from(text)));
+                    // Personal to the client: `private` keeps it out of the response cache.
+                    res.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("private"),
+                    );
+                    Ok::<_, Infallible>(res)
                 }
             }));
         tokio::spawn(async move {

@@ -2,6 +2,10 @@
 //! `cargo run --example tonic`, then call `grpc.health.v1.Health/Check` on 127.0.0.1:50051.
 //!
 //! tonic records the peer in `TcpConnectInfo`, which the `tonic` feature reads.
+//!
+//! Caching with gRPC: gRPC calls are `POST`s, so `ResponseCacheLayer` passes them
+//! through untouched; cache inside the service implementation with
+//! `tower_rampart::cache::Cache::get_or_load` instead (single-flight, tags, tenants).
 
 use tower::ServiceBuilder;
 use tower_rampart::client_ip::ClientIpResolver;

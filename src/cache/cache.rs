@@ -122,7 +122,9 @@ impl<C: Codec> CacheBuilder<C> {
         }
         let backend = backend.into();
         let buckets = backend.store.buckets().max(1);
+        let ns = Arc::new(NsKeys::new(&self.keys, None, buckets));
         Ok(Cache {
+            ns,
             shared: Arc::new(Shared {
                 store: backend.store,
                 keys: self.keys,
@@ -200,6 +202,36 @@ struct Shared<C> {
 pub struct Cache<C = Postcard> {
     shared: Arc<Shared<C>>,
     tenant: Option<Arc<str>>,
+    ns: Arc<NsKeys>,
+}
+
+/// The key prefixes of one namespace, computed once per handle.
+#[derive(Debug)]
+struct NsKeys {
+    /// `{prefix:version:g|t:<tenant>:<bucket>}` per bucket.
+    bases: Vec<String>,
+    /// `<base>:g:` per bucket.
+    tag_prefixes: Vec<Arc<str>>,
+}
+
+impl NsKeys {
+    fn new(keys: &KeyBuilder, tenant: Option<&str>, buckets: u16) -> Self {
+        let bases: Vec<String> = (0..buckets.max(1))
+            .map(|b| {
+                let b = b.to_string();
+                let inner = match tenant {
+                    Some(t) => keys.build(["t", t, &b]),
+                    None => keys.build(["g", &b]),
+                };
+                format!("{{{inner}}}")
+            })
+            .collect();
+        let tag_prefixes = bases.iter().map(|b| Arc::from(format!("{b}:g:"))).collect();
+        Self {
+            bases,
+            tag_prefixes,
+        }
+    }
 }
 
 impl<C> Clone for Cache<C> {
@@ -207,6 +239,7 @@ impl<C> Clone for Cache<C> {
         Self {
             shared: self.shared.clone(),
             tenant: self.tenant.clone(),
+            ns: self.ns.clone(),
         }
     }
 }
@@ -311,9 +344,15 @@ impl<C: Codec> Cache<C> {
     /// A handle on the same cache scoped to `tenant`: its keys and tags are that tenant's.
     #[must_use]
     pub fn for_tenant(&self, tenant: impl AsRef<str>) -> Self {
+        let tenant = tenant.as_ref();
         Self {
             shared: self.shared.clone(),
-            tenant: Some(tenant.as_ref().into()),
+            tenant: Some(tenant.into()),
+            ns: Arc::new(NsKeys::new(
+                &self.shared.keys,
+                Some(tenant),
+                self.shared.buckets,
+            )),
         }
     }
 
@@ -330,9 +369,13 @@ impl<C: Codec> Cache<C> {
     /// A handle on the global (tenant-less) namespace.
     #[must_use]
     pub fn global(&self) -> Self {
+        if self.tenant.is_none() {
+            return self.clone();
+        }
         Self {
             shared: self.shared.clone(),
             tenant: None,
+            ns: Arc::new(NsKeys::new(&self.shared.keys, None, self.shared.buckets)),
         }
     }
 
@@ -346,41 +389,29 @@ impl<C: Codec> Cache<C> {
         self.shared.ttl
     }
 
-    fn base(&self, bucket: u16) -> String {
-        let b = bucket.to_string();
-        let inner = match &self.tenant {
-            Some(t) => self.shared.keys.build(["t", t, &b]),
-            None => self.shared.keys.build(["g", &b]),
-        };
-        format!("{{{inner}}}")
-    }
-
     fn loc(&self, key: &str) -> Loc {
         let escaped = escape_part(key);
-        let bucket =
-            u16::try_from(fnv1a(escaped.as_bytes()) % u64::from(self.shared.buckets)).unwrap_or(0);
-        let base = self.base(bucket);
-        let max = base.len() + 3 + MAX_KEY_TAIL;
-        let key = cap_len(format!("{base}:k:{escaped}"), max);
-        let ns = if bucket == 0 {
-            format!("{base}:g:")
+        let bucket = if self.shared.buckets > 1 {
+            usize::try_from(fnv1a(escaped.as_bytes()) % u64::from(self.shared.buckets)).unwrap_or(0)
         } else {
-            format!("{}:g:", self.base(0))
+            0
         };
+        let base = &self.ns.bases[bucket];
+        let mut full = String::with_capacity(base.len() + 3 + escaped.len());
+        full.push_str(base);
+        full.push_str(":k:");
+        full.push_str(&escaped);
         Loc {
-            key,
-            tag_prefix: format!("{base}:g:"),
-            ns: ns.into(),
+            key: cap_len(full, base.len() + 3 + MAX_KEY_TAIL),
+            tag_prefix: self.ns.tag_prefixes[bucket].clone(),
+            ns: self.ns.tag_prefixes[0].clone(),
         }
     }
 
     fn namespace(&self) -> Namespace {
-        let tag_prefixes: Vec<String> = (0..self.shared.buckets)
-            .map(|b| format!("{}:g:", self.base(b)))
-            .collect();
         Namespace {
-            ns: tag_prefixes[0].as_str().into(),
-            tag_prefixes,
+            ns: self.ns.tag_prefixes[0].clone(),
+            tag_prefixes: self.ns.tag_prefixes.clone(),
         }
     }
 

@@ -17,10 +17,8 @@ use super::{Backend, BoxFuture, Fetched, Loc, Namespace, Put, Store, count, fres
 struct MemEntry {
     /// Full tag ids (namespace + name) with the versions recorded at write.
     tags: Box<[(Arc<str>, u64)]>,
-    names: Box<[String]>,
     body: Bytes,
     ttl: Duration,
-    written: Instant,
 }
 
 struct PerEntry;
@@ -97,16 +95,15 @@ impl Memory {
         self.tags.get_with_by_ref(id, fresh_version)
     }
 
-    pub(crate) async fn lookup(&self, key: &str) -> Option<(Bytes, Duration, Vec<String>)> {
+    pub(crate) async fn lookup(&self, key: &str) -> Option<Bytes> {
         let entry = self.entries.get(key).await?;
         if entry
             .tags
             .iter()
             .all(|(id, v)| self.tags.get(id) == Some(*v))
         {
-            let left = entry.ttl.saturating_sub(entry.written.elapsed());
             count("rampart_cache_hits_total", self.tier);
-            Some((entry.body.clone(), left, entry.names.to_vec()))
+            Some(entry.body.clone())
         } else {
             self.entries.invalidate(key).await;
             None
@@ -141,10 +138,8 @@ impl Memory {
         let key: Arc<str> = loc.key.as_str().into();
         let entry = MemEntry {
             tags: recorded.into_boxed_slice(),
-            names: tags.iter().map(|(n, _)| (*n).to_owned()).collect(),
             body,
             ttl,
-            written: Instant::now(),
         };
         self.entries.insert(key.clone(), Arc::new(entry)).await;
         if epoch.is_some_and(|e| e != self.epoch()) {
@@ -200,16 +195,11 @@ impl Store for Memory {
                 .iter()
                 .map(|t| self.version(&Self::tag_id(&loc.ns, t)))
                 .collect();
-            let (body, ttl, tags) = match found {
-                Some((b, t, n)) => (Some(b), Some(t), n),
-                None => (None, None, Vec::new()),
-            };
             Fetched {
-                body,
-                ttl,
-                tags,
+                body: found,
                 versions,
                 epoch,
+                ..Fetched::default()
             }
         })
     }

@@ -22,7 +22,7 @@ pub(crate) struct Loc {
     /// The full entry key (with its Redis Cluster hash tag).
     pub(crate) key: String,
     /// Prefix of the Redis tag-version keys in the entry's slot: `{base}:g:`.
-    pub(crate) tag_prefix: String,
+    pub(crate) tag_prefix: Arc<str>,
     /// Prefix of in-process tag ids, independent of the Redis bucket.
     pub(crate) ns: Arc<str>,
 }
@@ -31,7 +31,7 @@ pub(crate) struct Loc {
 #[derive(Debug, Clone)]
 pub(crate) struct Namespace {
     /// One Redis tag-key prefix per bucket.
-    pub(crate) tag_prefixes: Vec<String>,
+    pub(crate) tag_prefixes: Vec<Arc<str>>,
     /// Prefix of in-process tag ids.
     pub(crate) ns: Arc<str>,
 }

@@ -197,7 +197,7 @@ impl Redis {
 
     async fn fetch(&self, loc: &Loc, want: &[&str], ttl: Duration) -> Fetched {
         let mut inv = self.read.key(&loc.key);
-        inv.arg(&loc.tag_prefix).arg(millis(ttl)).arg(want.len());
+        inv.arg(&*loc.tag_prefix).arg(millis(ttl)).arg(want.len());
         for t in want {
             inv.arg(*t);
         }
@@ -254,7 +254,7 @@ impl Redis {
 
     pub(crate) async fn store(&self, put: &Put<'_>) -> bool {
         let mut inv = self.write.key(&put.loc.key);
-        inv.arg(&put.loc.tag_prefix)
+        inv.arg(&*put.loc.tag_prefix)
             .arg(millis(put.ttl))
             .arg(put.body.as_ref())
             .arg(put.tags.len());

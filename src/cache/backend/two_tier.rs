@@ -157,14 +157,11 @@ impl Store for TwoTier {
         Box::pin(async move {
             // An L1 hit needs no tag versions: get_or_load wants them only on a miss.
             if self.coherent()
-                && let Some((body, left, tags)) = self.l1.lookup(&loc.key).await
+                && let Some(body) = self.l1.lookup(&loc.key).await
             {
                 return Fetched {
                     body: Some(body),
-                    ttl: Some(left),
-                    tags,
-                    versions: Vec::new(),
-                    epoch: self.l1.epoch(),
+                    ..Fetched::default()
                 };
             }
             count("rampart_cache_misses_total", "l1");
