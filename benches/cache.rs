@@ -92,14 +92,6 @@ async fn raw_get(conn: &mut redis::aio::ConnectionManager) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn per_op<F: FnMut()>(n: u32, mut f: F) -> Duration {
-    let t = Instant::now();
-    for _ in 0..n {
-        f();
-    }
-    t.elapsed() / n
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -143,24 +135,25 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // Summary from plain timings of the same operations, interleaved.
-    let n = 20_000;
-    let moka = per_op(n, || {
-        rt.block_on(async { black_box(s.raw_moka.get("user:1").await) });
-    });
-    let l1 = per_op(n, || {
-        rt.block_on(async { black_box(s.two_tier.get::<String>("user:1").await) });
-    });
-    let n = 2_000;
-    let raw = per_op(n, || {
-        let mut conn = s.raw_redis.clone();
-        rt.block_on(async move { black_box(raw_get(&mut conn).await) });
-    });
-    let l2 = per_op(n, || {
-        rt.block_on(async { black_box(s.redis.get::<String>("user:1").await) });
-    });
-    let one = per_op(n, || rt.block_on(s.small.invalidate_tag("users")));
-    let many = per_op(n, || rt.block_on(s.big.invalidate_tag("users")));
+    // Summary from plain timings of the same operations, each loop inside one task.
+    macro_rules! per_op {
+        ($n:expr, $op:expr) => {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..$n {
+                    black_box($op);
+                }
+                t.elapsed() / $n
+            })
+        };
+    }
+    let moka = per_op!(50_000u32, s.raw_moka.get("user:1").await);
+    let l1 = per_op!(50_000u32, s.two_tier.get::<String>("user:1").await);
+    let mut conn = s.raw_redis.clone();
+    let raw = per_op!(3_000u32, raw_get(&mut conn).await);
+    let l2 = per_op!(3_000u32, s.redis.get::<String>("user:1").await);
+    let one = per_op!(3_000u32, s.small.invalidate_tag("users").await);
+    let many = per_op!(3_000u32, s.big.invalidate_tag("users").await);
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("\ncache bench summary (per operation, busy shared machine: expect noise)");
     println!(

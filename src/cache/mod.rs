@@ -49,7 +49,7 @@ pub use backend::memory::MemoryBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisBackend;
 #[cfg(feature = "redis")]
-pub use backend::two_tier::TwoTierBackend;
+pub use backend::two_tier::{TwoTierBackend, TwoTierBuilder};
 pub use cache::{Cache, CacheBuilder, LoadError};
 pub use codec::{Codec, CodecError, Json, Postcard};
 #[doc(hidden)]

@@ -46,7 +46,9 @@ impl Expiry<Arc<str>, Arc<MemEntry>> for PerEntry {
 
 pub(crate) struct Memory {
     entries: moka::future::Cache<Arc<str>, Arc<MemEntry>>,
-    tags: moka::sync::Cache<Arc<str>, u64>,
+    /// Tag versions; cleared when over `max_tags` (every entry then misses: sound).
+    tags: dashmap::DashMap<Arc<str>, u64>,
+    max_tags: usize,
     epoch: AtomicU64,
     tier: &'static str,
 }
@@ -62,7 +64,7 @@ impl fmt::Debug for Memory {
 }
 
 impl Memory {
-    pub(crate) fn new(max_bytes: u64, max_tags: u64, tier: &'static str) -> Self {
+    pub(crate) fn new(max_bytes: u64, max_tags: usize, tier: &'static str) -> Self {
         let entries = moka::future::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Arc<str>, v: &Arc<MemEntry>| {
@@ -71,10 +73,11 @@ impl Memory {
             })
             .expire_after(PerEntry)
             .build();
-        let tags = moka::sync::Cache::builder().max_capacity(max_tags).build();
+        let tags = dashmap::DashMap::new();
         Self {
             entries,
             tags,
+            max_tags,
             epoch: AtomicU64::new(0),
             tier,
         }
@@ -91,8 +94,24 @@ impl Memory {
         id.into()
     }
 
+    fn current(&self, id: &str) -> Option<u64> {
+        self.tags.get(id).map(|v| *v)
+    }
+
     fn version(&self, id: &Arc<str>) -> u64 {
-        self.tags.get_with_by_ref(id, fresh_version)
+        if let Some(v) = self.current(id) {
+            return v;
+        }
+        if self.tags.len() >= self.max_tags {
+            // Bounded memory: forgetting every version turns every entry into a miss.
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.tags.clear();
+        }
+        *self.tags.entry(id.clone()).or_insert_with(fresh_version)
+    }
+
+    fn set_version(&self, id: Arc<str>) {
+        self.tags.insert(id, fresh_version());
     }
 
     pub(crate) async fn lookup(&self, key: &str) -> Option<Bytes> {
@@ -100,7 +119,7 @@ impl Memory {
         if entry
             .tags
             .iter()
-            .all(|(id, v)| self.tags.get(id) == Some(*v))
+            .all(|(id, v)| self.current(id) == Some(*v))
         {
             count("rampart_cache_hits_total", self.tier);
             Some(entry.body.clone())
@@ -122,7 +141,7 @@ impl Memory {
         for (name, expected) in tags {
             let id = Self::tag_id(&loc.ns, name);
             let current = match expected {
-                Some(e) => match self.tags.get(&id) {
+                Some(e) => match self.current(&id) {
                     Some(v) if v == *e => v,
                     _ => return false,
                 },
@@ -158,14 +177,14 @@ impl Memory {
     pub(crate) fn bump(&self, ns: &str, tags: &[String]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for t in tags {
-            self.tags.insert(Self::tag_id(ns, t), fresh_version());
+            self.set_version(Self::tag_id(ns, t));
         }
         count("rampart_cache_invalidations_total", self.tier);
     }
 
     pub(crate) fn bump_id(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.tags.insert(id.into(), fresh_version());
+        self.set_version(id.into());
     }
 
     pub(crate) fn flush(&self) {

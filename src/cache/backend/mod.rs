@@ -97,8 +97,25 @@ impl fmt::Debug for Backend {
     }
 }
 
+/// Increments a counter labelled by tier, without allocating (static key parts).
 pub(crate) fn count(name: &'static str, tier: &'static str) {
-    metrics::counter!(name, "tier" => tier).increment(1);
+    use metrics::{Key, Label, Level, Metadata};
+    static MEMORY: [Label; 1] = [Label::from_static_parts("tier", "memory")];
+    static L1: [Label; 1] = [Label::from_static_parts("tier", "l1")];
+    static REDIS: [Label; 1] = [Label::from_static_parts("tier", "redis")];
+    static LOADER: [Label; 1] = [Label::from_static_parts("tier", "loader")];
+    static CACHE: [Label; 1] = [Label::from_static_parts("tier", "cache")];
+    static META: Metadata<'static> =
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+    let labels: &'static [Label] = match tier {
+        "memory" => &MEMORY,
+        "l1" => &L1,
+        "redis" => &REDIS,
+        "loader" => &LOADER,
+        _ => &CACHE,
+    };
+    let key = Key::from_static_parts(name, labels);
+    metrics::with_recorder(|r| r.register_counter(&key, &META)).increment(1);
 }
 
 pub(crate) fn fresh_version() -> u64 {

@@ -5,7 +5,7 @@
 //! Every key of a namespace (global, or one tenant) and bucket shares one Cluster hash
 //! tag, `{prefix:version:t:<tenant>:<bucket>}`:
 //!
-//! - entry: `{…}:k:<escaped key>`, a string in the [entry format](super::super::entry);
+//! - entry: `{…}:k:<escaped key>`, a string in the stored-entry format (`entry.rs`);
 //! - tag version: `{…}:g:<escaped tag>`, a random decimal `u64`.
 //!
 //! An entry's bucket is a stable hash of its key; a tag has one version key per bucket.
