@@ -68,7 +68,12 @@ fn setup(rt: &Runtime) -> Setup {
         let small = redis.for_tenant("small");
         small.set("e0", &0u32, &opts).await;
         let big = redis.for_tenant("big");
-        for chunk in (0..100_000u32).collect::<Vec<_>>().chunks(1_000) {
+        let n = if std::env::var_os("CACHE_BENCH_QUICK").is_some() {
+            1_000
+        } else {
+            100_000u32
+        };
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
             let items: Vec<(String, u32)> = chunk.iter().map(|i| (format!("e{i}"), *i)).collect();
             big.set_many(&items, &opts).await;
         }
@@ -146,6 +151,78 @@ fn bench(c: &mut Criterion) {
                 t.elapsed() / $n
             })
         };
+    }
+    if std::env::var_os("CACHE_BENCH_QUICK").is_some() {
+        let mem = Cache::builder()
+            .build(MemoryBackend::new(64 << 20))
+            .unwrap();
+        rt.block_on(mem.set(
+            "user:1",
+            &"Ada Lovelace".to_owned(),
+            &CacheOptions::new().tag("users"),
+        ));
+        let mem_untagged = Cache::builder()
+            .build(MemoryBackend::new(64 << 20))
+            .unwrap();
+        rt.block_on(mem_untagged.set("user:1", &"Ada Lovelace".to_owned(), &CacheOptions::new()));
+        struct E;
+        impl moka::Expiry<Arc<str>, Arc<bytes::Bytes>> for E {
+            fn expire_after_create(
+                &self,
+                _: &Arc<str>,
+                _: &Arc<bytes::Bytes>,
+                _: std::time::Instant,
+            ) -> Option<Duration> {
+                Some(Duration::from_secs(300))
+            }
+        }
+        let same: moka::future::Cache<Arc<str>, Arc<bytes::Bytes>> = moka::future::Cache::builder()
+            .max_capacity(64 << 20)
+            .weigher(|k: &Arc<str>, v: &Arc<bytes::Bytes>| (k.len() + v.len()) as u32)
+            .expire_after(E)
+            .build();
+        let k = s.two_tier.key_for("user:1");
+        rt.block_on(same.insert(
+            Arc::from(k.as_str()),
+            Arc::new(bytes::Bytes::from_static(b"x")),
+        ));
+        println!(
+            "moka same config {:?}",
+            per_op!(50_000u32, same.get(k.as_str()).await)
+        );
+        let dm = dashmap::DashMap::<Arc<str>, u64>::new();
+        dm.insert(Arc::from("{rampart:1:g:0}:g:users"), 5);
+        println!(
+            "dashmap get {:?}",
+            per_op!(50_000u32, dm.get("{rampart:1:g:0}:g:users").map(|v| *v))
+        );
+        println!(
+            "key_for {:?}",
+            per_op!(50_000u32, s.two_tier.key_for("user:1"))
+        );
+        println!(
+            "memory get tagged {:?}",
+            per_op!(50_000u32, mem.get::<String>("user:1").await)
+        );
+        println!(
+            "memory get untagged {:?}",
+            per_op!(50_000u32, mem_untagged.get::<String>("user:1").await)
+        );
+        println!(
+            "raw moka {:?}",
+            per_op!(50_000u32, s.raw_moka.get("user:1").await)
+        );
+        println!(
+            "two tier {:?}",
+            per_op!(50_000u32, s.two_tier.get::<String>("user:1").await)
+        );
+        println!(
+            "postcard {:?}",
+            per_op!(
+                50_000u32,
+                postcard::from_bytes::<String>(b"\x0cAda Lovelace").unwrap()
+            )
+        );
     }
     let moka = per_op!(50_000u32, s.raw_moka.get("user:1").await);
     let l1 = per_op!(50_000u32, s.two_tier.get::<String>("user:1").await);

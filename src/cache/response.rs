@@ -1,26 +1,6 @@
 //! The HTTP response cache layer.
 //!
-//! [`ResponseCacheLayer`] caches `GET` and `HEAD` `200 OK` responses in a [`Cache`],
-//! keyed by tenant, method, path and query, and the values of the request headers the
-//! layer varies on. A response is stored only when all of these hold:
-//!
-//! - the request has no `Cache-Control: no-store` and is anonymous (no `Authorization`
-//!   header, no user in the extensions), unless the layer caches authenticated requests
-//!   **keyed by the principal** ([`by_principal`](ResponseCacheLayer::by_principal));
-//! - the response is `200`, has no `Set-Cookie`, no `Cache-Control: no-store`,
-//!   `private` or `no-cache`, and its `Vary` names only headers the layer varies on
-//!   (not `*`);
-//! - its body has a known length no larger than the entry cap. Other bodies stream
-//!   through unchanged, never buffered.
-//!
-//! Stored responses carry a strong `ETag` (SHA-256 of the body, or the handler's own);
-//! a request whose `If-None-Match` matches gets `304 Not Modified` (RFC 9110 §13.1.2).
-//! Handlers attach tags with the [`CacheTags`] response extension; invalidating one of
-//! them through the same [`Cache`] (and tenant) removes every response carrying it.
-//!
-//! The lookup is asynchronous and must run before the inner service, so a cacheable
-//! request's future is boxed once (inside [`ResponseFuture`]); other requests use an
-//! unboxed pass-through.
+//! See [`ResponseCacheLayer`].
 
 use std::{
     fmt,
@@ -85,7 +65,29 @@ struct Stored {
     etag: String,
 }
 
-/// Caches `GET`/`HEAD` 200 responses in a [`Cache`]; see the [module docs](self).
+/// Caches `GET`/`HEAD` 200 responses in a [`Cache`].
+///
+/// [`ResponseCacheLayer`] caches `GET` and `HEAD` `200 OK` responses in a [`Cache`],
+/// keyed by tenant, method, path and query, and the values of the request headers the
+/// layer varies on. A response is stored only when all of these hold:
+///
+/// - the request has no `Cache-Control: no-store` and is anonymous (no `Authorization`
+///   header, no user in the extensions), unless the layer caches authenticated requests
+///   **keyed by the principal** ([`by_principal`](Self::by_principal));
+/// - the response is `200`, has no `Set-Cookie`, no `Cache-Control: no-store`,
+///   `private` or `no-cache`, and its `Vary` names only headers the layer varies on
+///   (not `*`);
+/// - its body has a known length no larger than the entry cap. Other bodies stream
+///   through unchanged, never buffered.
+///
+/// Stored responses carry a strong `ETag` (SHA-256 of the body, or the handler's own);
+/// a request whose `If-None-Match` matches gets `304 Not Modified` (RFC 9110 §13.1.2).
+/// Handlers attach tags with the [`CacheTags`] response extension; invalidating one of
+/// them through the same [`Cache`] (and tenant) removes every response carrying it.
+///
+/// The lookup is asynchronous and must run before the inner service, so a cacheable
+/// request's future is boxed once (inside [`ResponseFuture`]); other requests use an
+/// unboxed pass-through.
 ///
 /// # Example
 ///

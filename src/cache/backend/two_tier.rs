@@ -147,6 +147,33 @@ async fn subscriber(
     }
 }
 
+impl TwoTier {
+    fn from_l2<'a>(
+        &'a self,
+        loc: &'a Loc,
+        want: &'a [&'a str],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Fetched> {
+        Box::pin(async move {
+            count("rampart_cache_misses_total", "l1");
+            let epoch = self.l1.epoch();
+            let mut fetched = self.l2.get(loc, want, ttl).await;
+            fetched.epoch = epoch;
+            if let Some(body) = &fetched.body
+                && self.coherent()
+            {
+                let left = fetched.ttl.unwrap_or(self.l1_ttl).min(self.l1_ttl);
+                let tags: Vec<(&str, Option<u64>)> =
+                    fetched.tags.iter().map(|t| (t.as_str(), None)).collect();
+                self.l1
+                    .store(loc, &tags, body.clone(), left, Some(epoch))
+                    .await;
+            }
+            fetched
+        })
+    }
+}
+
 impl Store for TwoTier {
     fn get<'a>(
         &'a self,
@@ -164,21 +191,8 @@ impl Store for TwoTier {
                     ..Fetched::default()
                 };
             }
-            count("rampart_cache_misses_total", "l1");
-            let epoch = self.l1.epoch();
-            let mut fetched = self.l2.get(loc, want, ttl).await;
-            fetched.epoch = epoch;
-            if let Some(body) = &fetched.body
-                && self.coherent()
-            {
-                let left = fetched.ttl.unwrap_or(self.l1_ttl).min(self.l1_ttl);
-                let tags: Vec<(&str, Option<u64>)> =
-                    fetched.tags.iter().map(|t| (t.as_str(), None)).collect();
-                self.l1
-                    .store(loc, &tags, body.clone(), left, Some(epoch))
-                    .await;
-            }
-            fetched
+            // The L2 path is boxed on its own so an L1 hit stays a small future.
+            self.from_l2(loc, want, ttl).await
         })
     }
 
