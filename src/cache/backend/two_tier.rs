@@ -148,7 +148,7 @@ async fn subscriber(
 }
 
 impl TwoTier {
-    fn from_l2<'a>(
+    fn read_through_l2<'a>(
         &'a self,
         loc: &'a Loc,
         want: &'a [&'a str],
@@ -192,7 +192,7 @@ impl Store for TwoTier {
                 };
             }
             // The L2 path is boxed on its own so an L1 hit stays a small future.
-            self.from_l2(loc, want, ttl).await
+            self.read_through_l2(loc, want, ttl).await
         })
     }
 
