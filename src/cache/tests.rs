@@ -532,7 +532,7 @@ async fn redis_100k_tagged_entries_invalidate_in_constant_time() {
     }
     // One DEL either way: allow generous noise for a shared machine.
     assert!(
-        many < one * 20 + Duration::from_millis(50),
+        many < one * 20 + Duration::from_millis(200),
         "1 entry: {one:?}, 100 000 entries: {many:?}"
     );
 }
@@ -592,19 +592,22 @@ async fn redis_timeout_bounds_a_stalled_server() {
             .query_async(&mut conn)
             .await;
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let t = Instant::now();
-    assert_eq!(
-        cache.get::<u8>("k").await,
-        None,
-        "a stalled server reads as a miss"
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(400),
-        "{:?}",
-        t.elapsed()
-    );
-    assert!(!stall.is_finished(), "the server was still stalled");
+    // Probe until the script runs: then a read must give up after the 100 ms timeout.
+    let mut saw_timeout = false;
+    while !stall.is_finished() {
+        let t = Instant::now();
+        if cache.get::<u8>("k").await.is_none() {
+            assert!(
+                t.elapsed() < Duration::from_millis(400),
+                "{:?}",
+                t.elapsed()
+            );
+            saw_timeout = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saw_timeout, "a stalled server reads as a miss");
     stall.await.unwrap();
 }
 
