@@ -702,7 +702,7 @@ impl<C: Codec> Cache<C> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 impl<C> Cache<C> {
     /// Loads in flight (tests).
     pub(crate) fn shared_flights(&self) -> usize {

@@ -4,6 +4,9 @@
 //! in `rampart_cache_backend_errors_total{tier}` and answered as a miss (or a skipped
 //! write).
 
+// Some fields and methods serve only the Redis and two-tier backends.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
