@@ -25,6 +25,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }),
     );
+    // Response cache (feature `cache`): GET /time/ is computed once per 60 s, with a
+    // strong ETag; `curl -H 'If-None-Match: <etag>'` gets a 304.
+    #[cfg(feature = "cache")]
+    let app = {
+        use tower_rampart::cache::{Cache, CacheTags, MemoryBackend, ResponseCacheLayer};
+        let cache = Cache::builder().build(MemoryBackend::new(16 << 20))?;
+        let cached = Router::new()
+            .route(
+                "/time/",
+                get(|| async {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    // Tags let `cache.invalidate_tag("clock")` drop this response.
+                    (
+                        axum::Extension(CacheTags::new(["clock"])),
+                        format!("{now}\n"),
+                    )
+                }),
+            )
+            .layer(ResponseCacheLayer::new(cache));
+        app.merge(cached)
+    };
+
     let app = tenants::add(app)?;
     // Request profiler (feature `profiler`): records, Server-Timing, N+1 findings; the UI
     // at /_profiler/ is closed by default, opened here to loopback callers only.

@@ -53,6 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     #[cfg(not(feature = "rate-limit"))]
     let limiter = tower::layer::util::Identity::new();
+    // Response cache (feature `cache`): answers repeated GETs from memory, with ETags.
+    #[cfg(feature = "cache")]
+    let cache = tower_rampart::cache::Cache::builder()
+        .build(tower_rampart::cache::MemoryBackend::new(16 << 20))?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let resolver = resolver.clone();
@@ -75,12 +79,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         return tower::ServiceExt::oneshot(ui, req).await;
                     }
                     let text = format!("hello, {}\n", ip.as_deref().unwrap_or("stranger"));
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    let mut res = Response::new(Full::new(Bytes::from(text)));
+                    // Personal to the client: `private` keeps it out of the response cache.
+                    res.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("private"),
+                    );
+                    Ok::<_, Infallible>(res)
                 }
             }));
         // With `--features tenant`: `curl -H 'X-Tenant-ID: acme' localhost:3001/`.
         #[cfg(feature = "tenant")]
         let svc = tower::Layer::layer(&tenant_layer, svc);
+        #[cfg(feature = "cache")]
+        let svc = tower::Layer::layer(
+            &tower_rampart::cache::ResponseCacheLayer::new(cache.clone()),
+            svc,
+        );
         #[cfg(feature = "profiler")]
         let svc = tower_layer::Layer::layer(&profiler, svc);
         tokio::spawn(async move {

@@ -8,6 +8,10 @@
 //! each call (route = the `/package.Service/Method` path; the gRPC status is in the
 //! trailers, so records show HTTP 200), and `query_capture_layer()` on the `tracing`
 //! registry attributes the calls' sqlx queries; serve `ProfilerUi` from an HTTP router.
+//!
+//! Caching with gRPC: gRPC calls are `POST`s, so `ResponseCacheLayer` passes them
+//! through untouched; cache inside the service implementation with
+//! `tower_rampart::cache::Cache::get_or_load` instead (single-flight, tags, tenants).
 
 use tower::ServiceBuilder;
 use tower_rampart::client_ip::ClientIpResolver;

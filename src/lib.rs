@@ -38,6 +38,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod client_ip;
 #[cfg(feature = "csp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "csp")))]

@@ -1,0 +1,725 @@
+//! The [`Cache`] handle: cache-aside with single-flight loads and versioned tags.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::Extensions;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::watch;
+
+use super::{
+    backend::{Backend, Fetched, Loc, Namespace, Put, Store, count},
+    codec::{Codec, Postcard},
+    entry,
+    options::{CacheOptions, TtlTiers},
+};
+use crate::{
+    error::ConfigError,
+    identity::IdentityReader,
+    key::{KeyBuilder, cap_len, escape_part},
+};
+
+/// Longest escaped entry-key tail kept before it is shortened with a digest.
+const MAX_KEY_TAIL: usize = 160;
+
+/// Configures a [`Cache`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::{cache::{Cache, MemoryBackend, TtlTiers}, key::KeyBuilder};
+///
+/// let cache = Cache::builder()
+///     .keys(KeyBuilder::new("himalytix"))
+///     .ttl_tiers(TtlTiers::default().short(Duration::from_secs(30)))
+///     .compress_above(2048)
+///     .load_timeout(Duration::from_secs(5))
+///     .build(MemoryBackend::new(8 << 20))
+///     .unwrap();
+/// assert_eq!(cache.key_for("user:7"), "{himalytix:1:g:0}:k:user%3A7");
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheBuilder<C = Postcard> {
+    keys: KeyBuilder,
+    ttl: TtlTiers,
+    compress_above: usize,
+    load_timeout: Duration,
+    codec: C,
+}
+
+impl Default for CacheBuilder<Postcard> {
+    fn default() -> Self {
+        Self {
+            keys: KeyBuilder::new("rampart"),
+            ttl: TtlTiers::default(),
+            compress_above: 1024,
+            load_timeout: Duration::from_secs(10),
+            codec: Postcard,
+        }
+    }
+}
+
+impl<C: Codec> CacheBuilder<C> {
+    /// The key builder (prefix and version). By default, `KeyBuilder::new("rampart")`.
+    pub fn keys(mut self, keys: KeyBuilder) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The durations of the TTL tiers. By default, [`TtlTiers::default`] (60 s, 5 min,
+    /// 1 h, 1 day).
+    pub fn ttl_tiers(mut self, ttl: TtlTiers) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Encoded values longer than this many bytes are stored zlib-compressed (when that
+    /// makes them smaller). By default, 1024.
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = bytes;
+        self
+    }
+
+    /// The longest a loader of [`Cache::get_or_load`] may run; its waiters give up at the
+    /// same time. By default, 10 s.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
+    /// The value encoding. By default, [`Postcard`].
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<C2> {
+        CacheBuilder {
+            keys: self.keys,
+            ttl: self.ttl,
+            compress_above: self.compress_above,
+            load_timeout: self.load_timeout,
+            codec,
+        }
+    }
+
+    /// Builds the cache on a backend.
+    ///
+    /// # Errors
+    ///
+    /// When the load timeout is zero.
+    pub fn build(self, backend: impl Into<Backend>) -> Result<Cache<C>, ConfigError> {
+        if self.load_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "cache load_timeout must be greater than zero: use e.g. Duration::from_secs(10)",
+            ));
+        }
+        let backend = backend.into();
+        let buckets = backend.store.buckets().max(1);
+        let ns = Arc::new(NsKeys::new(&self.keys, None, buckets));
+        Ok(Cache {
+            ns,
+            shared: Arc::new(Shared {
+                store: backend.store,
+                keys: self.keys,
+                buckets,
+                ttl: self.ttl,
+                compress_above: self.compress_above,
+                load_timeout: self.load_timeout,
+                codec: self.codec,
+                flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
+                completions: AtomicU64::new(0),
+            }),
+            tenant: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Flight {
+    Pending,
+    Done(Bytes),
+    Failed,
+    TimedOut,
+}
+
+type Flights = Mutex<HashMap<String, (u64, watch::Sender<Flight>)>>;
+
+struct Shared<C> {
+    store: Arc<dyn Store>,
+    keys: KeyBuilder,
+    buckets: u16,
+    ttl: TtlTiers,
+    compress_above: usize,
+    load_timeout: Duration,
+    codec: C,
+    flights: Flights,
+    next_flight: AtomicU64,
+    completions: AtomicU64,
+}
+
+/// A cache-aside handle: typed reads and writes, single-flight loads, versioned tags.
+///
+/// Cheap to clone (an `Arc`). A handle is scoped to a tenant or to the global namespace:
+/// [`for_tenant`](Self::for_tenant) gives a handle whose keys **and tags** live in that
+/// tenant's namespace, so the same logical key of two tenants never meets.
+///
+/// No operation returns a backend error: a failing or slow backend reads as a miss (and
+/// is logged and counted), a failing write is skipped.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::cache::{Cache, CacheOptions, MemoryBackend, Ttl};
+///
+/// # tokio_test_block_on(async {
+/// let cache = Cache::builder().build(MemoryBackend::new(8 << 20)).unwrap();
+/// let acme = cache.for_tenant("acme");
+/// let opts = CacheOptions::new().ttl(Ttl::Short).tag("users");
+///
+/// let name: String = acme
+///     .get_or_load("user:7", &opts, || async { Ok::<_, std::io::Error>("Ada".to_owned()) })
+///     .await
+///     .unwrap();
+/// assert_eq!(name, "Ada");
+/// assert_eq!(acme.get::<String>("user:7").await.as_deref(), Some("Ada"));
+/// assert_eq!(cache.for_tenant("globex").get::<String>("user:7").await, None);
+///
+/// acme.invalidate_tag("users").await;
+/// assert_eq!(acme.get::<String>("user:7").await, None);
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub struct Cache<C = Postcard> {
+    shared: Arc<Shared<C>>,
+    tenant: Option<Arc<str>>,
+    ns: Arc<NsKeys>,
+}
+
+/// The key prefixes of one namespace, computed once per handle.
+#[derive(Debug)]
+struct NsKeys {
+    /// `{prefix:version:g|t:<tenant>:<bucket>}` per bucket.
+    bases: Vec<String>,
+    /// `<base>:g:` per bucket.
+    tag_prefixes: Vec<Arc<str>>,
+}
+
+impl NsKeys {
+    fn new(keys: &KeyBuilder, tenant: Option<&str>, buckets: u16) -> Self {
+        let bases: Vec<String> = (0..buckets.max(1))
+            .map(|b| {
+                let b = b.to_string();
+                let inner = match tenant {
+                    Some(t) => keys.build(["t", t, &b]),
+                    None => keys.build(["g", &b]),
+                };
+                format!("{{{inner}}}")
+            })
+            .collect();
+        let tag_prefixes = bases.iter().map(|b| Arc::from(format!("{b}:g:"))).collect();
+        Self {
+            bases,
+            tag_prefixes,
+        }
+    }
+}
+
+impl<C> Clone for Cache<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            tenant: self.tenant.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Cache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("prefix", &self.shared.keys.prefix())
+            .field("tenant", &self.tenant)
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Cache::get_or_load`] returned no value.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LoadError<E> {
+    /// This caller's loader failed (nothing was cached).
+    Loader(E),
+    /// The load this caller waited for (another caller's, for the same key) failed.
+    Shared,
+    /// The load took longer than the cache's load timeout.
+    Timeout,
+}
+
+impl<E: fmt::Display> fmt::Display for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Loader(e) => write!(f, "cache loader failed: {e}"),
+            Self::Shared => f.write_str("the shared cache load this call waited for failed"),
+            Self::Timeout => f.write_str("the cache load timed out"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Loader(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+struct Leader<'a> {
+    flights: &'a Flights,
+    key: String,
+    id: u64,
+    tx: Option<watch::Sender<Flight>>,
+}
+
+impl Leader<'_> {
+    fn finish(mut self, outcome: Flight) {
+        self.remove();
+        if let Some(tx) = self.tx.take() {
+            tx.send_replace(outcome);
+        }
+    }
+
+    fn remove(&self) {
+        let mut map = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        // A cancelled leader: waiters see the channel close and retry.
+        if self.tx.is_some() {
+            self.remove();
+        }
+    }
+}
+
+enum Role<'a> {
+    Lead(Leader<'a>),
+    Follow(watch::Receiver<Flight>),
+    Recheck,
+}
+
+impl Cache<Postcard> {
+    /// A builder with the defaults (prefix `rampart`, postcard, zlib above 1 KiB).
+    pub fn builder() -> CacheBuilder<Postcard> {
+        CacheBuilder::default()
+    }
+}
+
+/// FNV-1a, stable across processes and versions (all instances must agree on buckets).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl<C: Codec> Cache<C> {
+    /// A handle on the same cache scoped to `tenant`: its keys and tags are that tenant's.
+    #[must_use]
+    pub fn for_tenant(&self, tenant: impl AsRef<str>) -> Self {
+        let tenant = tenant.as_ref();
+        Self {
+            shared: self.shared.clone(),
+            tenant: Some(tenant.into()),
+            ns: Arc::new(NsKeys::new(
+                &self.shared.keys,
+                Some(tenant),
+                self.shared.buckets,
+            )),
+        }
+    }
+
+    /// A handle scoped to the tenant the request was resolved to, read through `reader`
+    /// (global when the request has no tenant).
+    #[must_use]
+    pub fn for_request(&self, reader: &IdentityReader, extensions: &Extensions) -> Self {
+        match reader.tenant_id(extensions) {
+            Some(t) => self.for_tenant(t),
+            None => self.global(),
+        }
+    }
+
+    /// A handle on the global (tenant-less) namespace.
+    #[must_use]
+    pub fn global(&self) -> Self {
+        if self.tenant.is_none() {
+            return self.clone();
+        }
+        Self {
+            shared: self.shared.clone(),
+            tenant: None,
+            ns: Arc::new(NsKeys::new(&self.shared.keys, None, self.shared.buckets)),
+        }
+    }
+
+    /// The tenant of this handle.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The TTL tiers.
+    pub fn ttl_tiers(&self) -> TtlTiers {
+        self.shared.ttl
+    }
+
+    fn loc(&self, key: &str) -> Loc {
+        let escaped = escape_part(key);
+        let bucket = if self.shared.buckets > 1 {
+            usize::try_from(fnv1a(escaped.as_bytes()) % u64::from(self.shared.buckets)).unwrap_or(0)
+        } else {
+            0
+        };
+        let base = &self.ns.bases[bucket];
+        let mut full = String::with_capacity(base.len() + 3 + escaped.len());
+        full.push_str(base);
+        full.push_str(":k:");
+        full.push_str(&escaped);
+        Loc {
+            key: cap_len(full, base.len() + 3 + MAX_KEY_TAIL),
+            tag_prefix: self.ns.tag_prefixes[bucket].clone(),
+            ns: self.ns.tag_prefixes[0].clone(),
+        }
+    }
+
+    fn namespace(&self) -> Namespace {
+        Namespace {
+            ns: self.ns.tag_prefixes[0].clone(),
+            tag_prefixes: self.ns.tag_prefixes.clone(),
+        }
+    }
+
+    /// The stored key of a logical key in this handle's namespace (for debugging and
+    /// for reading entries from other tools).
+    pub fn key_for(&self, key: &str) -> String {
+        self.loc(key).key
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, loc: &Loc, body: &Bytes) -> Option<T> {
+        let value = entry::unframe(body).and_then(|data| self.shared.codec.decode(&data).ok());
+        if value.is_none() {
+            tracing::warn!(key = %loc.key, "undecodable cache entry removed");
+            count("rampart_cache_corrupt_total", "cache");
+            self.shared.store.delete(std::slice::from_ref(loc)).await;
+        }
+        value
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Option<Bytes> {
+        match self.shared.codec.encode(value) {
+            Ok(data) => Some(entry::frame(&data, self.shared.compress_above)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cache value not encodable; not cached");
+                None
+            }
+        }
+    }
+
+    /// The cached value, or `None` on a miss (absent, expired, invalidated by a tag,
+    /// undecodable, or the backend failing).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let loc = self.loc(key);
+        let fetched = self
+            .shared
+            .store
+            .get(&loc, &[], self.shared.ttl.resolve(super::Ttl::Default))
+            .await;
+        self.decode(&loc, &fetched.body?).await
+    }
+
+    /// Several values in one call (concurrently; multiplexed on one Redis connection).
+    pub async fn get_many<T, I>(&self, keys: I) -> Vec<Option<T>>
+    where
+        T: DeserializeOwned,
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let keys: Vec<I::Item> = keys.into_iter().collect();
+        futures_util::future::join_all(keys.iter().map(|k| self.get(k.as_ref()))).await
+    }
+
+    /// Stores a value with its options; `false` when it was not stored (encoding failed,
+    /// the backend failed).
+    pub async fn set<T: Serialize>(&self, key: &str, value: &T, options: &CacheOptions) -> bool {
+        let Some(body) = self.encode(value) else {
+            return false;
+        };
+        let loc = self.loc(key);
+        let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
+        let put = Put {
+            loc: &loc,
+            tags: tags.iter().map(|t| (t.as_str(), None)).collect(),
+            body,
+            ttl: self.shared.ttl.resolve(options.ttl_tier()),
+            epoch: None,
+        };
+        self.shared.store.put(put).await
+    }
+
+    /// Stores several values with the same options; the number stored.
+    pub async fn set_many<K, T>(&self, items: &[(K, T)], options: &CacheOptions) -> usize
+    where
+        K: AsRef<str>,
+        T: Serialize,
+    {
+        futures_util::future::join_all(items.iter().map(|(k, v)| self.set(k.as_ref(), v, options)))
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// Removes an entry (from every tier and, with the two-tier backend, from every
+    /// instance's in-process tier).
+    pub async fn delete(&self, key: &str) {
+        let loc = self.loc(key);
+        self.shared.store.delete(std::slice::from_ref(&loc)).await;
+    }
+
+    /// Invalidates every entry of this handle's namespace carrying `tag`: O(1) in the
+    /// number of entries (the tag's version changes; entries recorded the old one).
+    pub async fn invalidate_tag(&self, tag: &str) {
+        self.invalidate_tags([tag]).await;
+    }
+
+    /// Invalidates several tags at once.
+    pub async fn invalidate_tags<I>(&self, tags: I)
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let tags: Vec<String> = tags.into_iter().map(|t| escape_part(t.as_ref())).collect();
+        if tags.is_empty() {
+            return;
+        }
+        let ns = self.namespace();
+        self.shared.store.invalidate(&ns, &tags).await;
+    }
+
+    /// The cached value, or the loader's, stored with `options`.
+    ///
+    /// **Single-flight per key**: concurrent callers for the same key (in this process)
+    /// wait for one load instead of running their own. A failing load is not cached: its
+    /// caller gets [`LoadError::Loader`], its waiters [`LoadError::Shared`]. A load that
+    /// runs longer than the load timeout is dropped and every caller gets
+    /// [`LoadError::Timeout`]; if the loading caller is cancelled, a waiter takes over.
+    ///
+    /// The versions of the entry's tags are read (in the same round trip as the lookup)
+    /// **before** the loader runs and recorded with the value: if a tag is invalidated
+    /// while the loader runs, the value is returned but not cached.
+    ///
+    /// # Errors
+    ///
+    /// See [`LoadError`]; cache failures are never errors.
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        key: &str,
+        options: &CacheOptions,
+        loader: F,
+    ) -> Result<T, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let shared = &*self.shared;
+        let loc = self.loc(key);
+        let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
+        let want: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let ttl = shared.ttl.resolve(options.ttl_tier());
+        let mut rechecked = false;
+        let mut loader = Some(loader);
+        loop {
+            let seen = shared.completions.load(Ordering::SeqCst);
+            if let Some(rx) = self.pending(&loc.key) {
+                if let Some(r) = self.follow(&loc, rx).await {
+                    return r;
+                }
+                continue;
+            }
+            let fetched = shared.store.get(&loc, &want, ttl).await;
+            if let Some(body) = &fetched.body
+                && let Some(v) = self.decode(&loc, body).await
+            {
+                return Ok(v);
+            }
+            let role = {
+                let mut map = shared
+                    .flights
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some((_, tx)) = map.get(&loc.key) {
+                    Role::Follow(tx.subscribe())
+                } else if !rechecked && shared.completions.load(Ordering::SeqCst) != seen {
+                    Role::Recheck
+                } else {
+                    let id = shared.next_flight.fetch_add(1, Ordering::Relaxed);
+                    let (tx, _) = watch::channel(Flight::Pending);
+                    map.insert(loc.key.clone(), (id, tx.clone()));
+                    Role::Lead(Leader {
+                        flights: &shared.flights,
+                        key: loc.key.clone(),
+                        id,
+                        tx: Some(tx),
+                    })
+                }
+            };
+            match role {
+                Role::Recheck => rechecked = true,
+                Role::Follow(rx) => {
+                    if let Some(r) = self.follow(&loc, rx).await {
+                        return r;
+                    }
+                }
+                Role::Lead(leader) => {
+                    let Some(load) = loader.take() else {
+                        // Only reachable if a leader was cancelled and we already lead.
+                        leader.finish(Flight::Failed);
+                        return Err(LoadError::Shared);
+                    };
+                    return self.lead(&loc, &want, ttl, fetched, leader, load).await;
+                }
+            }
+        }
+    }
+
+    fn pending(&self, key: &str) -> Option<watch::Receiver<Flight>> {
+        let map = self
+            .shared
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key).map(|(_, tx)| tx.subscribe())
+    }
+
+    async fn follow<T: DeserializeOwned, E>(
+        &self,
+        loc: &Loc,
+        mut rx: watch::Receiver<Flight>,
+    ) -> Option<Result<T, LoadError<E>>> {
+        let waited = tokio::time::timeout(
+            self.shared.load_timeout,
+            rx.wait_for(|f| !matches!(f, Flight::Pending)),
+        )
+        .await;
+        let state = match waited {
+            Ok(Ok(state)) => state.clone(),
+            // The leader was cancelled: try again (perhaps as the leader).
+            Ok(Err(_)) => return None,
+            Err(_) => return Some(Err(LoadError::Timeout)),
+        };
+        Some(match state {
+            Flight::Done(body) => {
+                match entry::unframe(&body).and_then(|data| self.shared.codec.decode(&data).ok()) {
+                    Some(v) => Ok(v),
+                    None => {
+                        tracing::warn!(key = %loc.key, "shared load result not decodable");
+                        Err(LoadError::Shared)
+                    }
+                }
+            }
+            Flight::TimedOut => Err(LoadError::Timeout),
+            Flight::Pending | Flight::Failed => Err(LoadError::Shared),
+        })
+    }
+
+    async fn lead<T, E, F, Fut>(
+        &self,
+        loc: &Loc,
+        want: &[&str],
+        ttl: Duration,
+        fetched: Fetched,
+        leader: Leader<'_>,
+        load: F,
+    ) -> Result<T, LoadError<E>>
+    where
+        T: Serialize,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let shared = &*self.shared;
+        count("rampart_cache_loads_total", "loader");
+        let value = match tokio::time::timeout(shared.load_timeout, load()).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                count("rampart_cache_load_errors_total", "loader");
+                leader.finish(Flight::Failed);
+                return Err(LoadError::Loader(e));
+            }
+            Err(_) => {
+                count("rampart_cache_load_errors_total", "loader");
+                tracing::warn!(key = %loc.key, "cache load timed out");
+                leader.finish(Flight::TimedOut);
+                return Err(LoadError::Timeout);
+            }
+        };
+        let Some(body) = self.encode(&value) else {
+            leader.finish(Flight::Failed);
+            return Ok(value);
+        };
+        let known = fetched.versions.len() == want.len();
+        let put = Put {
+            loc,
+            tags: want
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (*t, known.then(|| fetched.versions[i])))
+                .collect(),
+            body: body.clone(),
+            ttl,
+            epoch: Some(fetched.epoch),
+        };
+        shared.store.put(put).await;
+        shared.completions.fetch_add(1, Ordering::SeqCst);
+        leader.finish(Flight::Done(body));
+        Ok(value)
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+impl<C> Cache<C> {
+    /// Loads in flight (tests).
+    pub(crate) fn shared_flights(&self) -> usize {
+        self.shared.flights.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Callers waiting for the load of a logical key of this handle (tests).
+    pub(crate) fn shared_waiters(&self, key: &str) -> usize
+    where
+        C: Codec,
+    {
+        let loc = self.loc(key);
+        self.shared
+            .flights
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&loc.key).map(|(_, tx)| tx.receiver_count()))
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,183 @@
+//! The stored form of an entry, shared by every backend and readable from Lua.
+//!
+//! ```text
+//! rc1\n                    magic and format version
+//! <tag> <version>\n        one line per tag: escaped tag name, decimal u64 version
+//! \n                       end of the header
+//! <flag><data>             the body: flag 0 = raw, 1 = zlib; data = the encoded value
+//! ```
+//!
+//! Tag names are escaped with [`crate::key::escape_part`], so they never contain a space
+//! or a newline. The Redis scripts parse this header to validate tag versions in the same
+//! round trip as the read.
+
+use std::io::{Read as _, Write as _};
+
+use bytes::Bytes;
+
+/// The magic prefix of every stored entry.
+pub(crate) const MAGIC: &[u8] = b"rc1\n";
+const RAW: u8 = 0;
+const ZLIB: u8 = 1;
+/// Largest decompressed body accepted (a corrupt or hostile entry cannot blow up memory).
+pub(crate) const MAX_BODY: usize = 64 << 20;
+
+/// A decoded stored entry: its tags with versions, and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) tags: Vec<(String, u64)>,
+    pub(crate) body: Bytes,
+}
+
+/// Frames an encoded value: compressed with zlib when longer than `threshold`.
+pub(crate) fn frame(data: &[u8], threshold: usize) -> Bytes {
+    if data.len() > threshold {
+        let mut enc = flate2::write::ZlibEncoder::new(
+            Vec::with_capacity(data.len() / 2 + 8),
+            flate2::Compression::fast(),
+        );
+        if enc.write_all(data).is_ok()
+            && let Ok(z) = enc.finish()
+            && z.len() < data.len()
+        {
+            let mut out = Vec::with_capacity(z.len() + 1);
+            out.push(ZLIB);
+            out.extend_from_slice(&z);
+            return out.into();
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    out.into()
+}
+
+/// The encoded value inside a body, decompressed; `None` when corrupt.
+pub(crate) fn unframe(body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    let (&flag, data) = body.split_first()?;
+    match flag {
+        RAW => Some(std::borrow::Cow::Borrowed(data)),
+        ZLIB => {
+            let mut out = Vec::new();
+            let mut dec = flate2::read::ZlibDecoder::new(data).take(MAX_BODY as u64 + 1);
+            dec.read_to_end(&mut out).ok()?;
+            (out.len() <= MAX_BODY).then_some(std::borrow::Cow::Owned(out))
+        }
+        _ => None,
+    }
+}
+
+/// Serialises a stored entry (the same bytes the Redis write script produces).
+pub(crate) fn encode(tags: &[(String, u64)], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 1 + body.len() + tags.len() * 24);
+    out.extend_from_slice(MAGIC);
+    for (tag, version) in tags {
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(version.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+/// Parses a stored entry; `None` for anything malformed.
+pub(crate) fn decode(raw: &Bytes) -> Option<Entry> {
+    let rest = raw.strip_prefix(MAGIC)?;
+    let mut pos = MAGIC.len();
+    let mut tags = Vec::new();
+    let mut rest = rest;
+    loop {
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        if nl == 0 {
+            pos += 1;
+            break;
+        }
+        let line = std::str::from_utf8(&rest[..nl]).ok()?;
+        let (tag, version) = line.split_once(' ')?;
+        if tag.is_empty() || tag.bytes().any(|b| !b.is_ascii_graphic()) {
+            return None;
+        }
+        tags.push((tag.to_owned(), version.parse().ok()?));
+        pos += nl + 1;
+        rest = &rest[nl + 1..];
+    }
+    let body = raw.slice(pos..);
+    body.first().filter(|&&f| f == RAW || f == ZLIB)?;
+    Some(Entry { tags, body })
+}
+
+/// Fuzzing entry point: decodes a stored entry and its body; never panics.
+#[doc(hidden)]
+pub fn __decode_for_fuzzing(data: &[u8]) -> Option<(usize, usize)> {
+    let raw = Bytes::copy_from_slice(data);
+    let entry = decode(&raw)?;
+    let value = unframe(&entry.body)?;
+    // Whatever decodes must re-encode to an equivalent entry.
+    let again = decode(&Bytes::from(encode(&entry.tags, &entry.body)))?;
+    assert_eq!(again, entry);
+    Some((entry.tags.len(), value.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn small_bodies_stay_raw_large_ones_are_compressed() {
+        let small = frame(b"abc", 16);
+        assert_eq!(&small[..], b"\0abc");
+        let big = vec![b'x'; 10_000];
+        let framed = frame(&big, 16);
+        assert_eq!(framed[0], ZLIB);
+        assert!(framed.len() < 200);
+        assert_eq!(unframe(&framed).unwrap().as_ref(), &big[..]);
+        // Incompressible data above the threshold is kept raw.
+        let noise: Vec<u8> = (0..64u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert_eq!(frame(&noise, 8)[0], RAW);
+        assert!(unframe(&[]).is_none());
+        assert!(unframe(&[9, 1]).is_none());
+        assert!(unframe(&[ZLIB, 1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_garbage() {
+        let tags = vec![("users".to_owned(), 42), ("u%3A7".to_owned(), u64::MAX)];
+        let raw = Bytes::from(encode(&tags, b"\0hello"));
+        let e = decode(&raw).unwrap();
+        assert_eq!(e.tags, tags);
+        assert_eq!(&e.body[..], b"\0hello");
+        for bad in [
+            &b"xx"[..],
+            b"rc1\nusers 1\n",
+            b"rc1\nusers\n\n\0",
+            b"rc1\nusers x\n\n\0",
+            b"rc1\n\n",
+            b"rc1\n\n\x07",
+            b"rc1\n 1\n\n\0",
+            b"rc1\n\xff 1\n\n\0",
+        ] {
+            assert!(decode(&Bytes::from_static(bad)).is_none(), "{bad:?}");
+        }
+        assert_eq!(__decode_for_fuzzing(&raw), Some((2, 5)));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_and_round_trips(data in proptest::collection::vec(any::<u8>(), 0..200),
+                                               tags in proptest::collection::vec(("[a-z%0-9]{1,12}", any::<u64>()), 0..4),
+                                               body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = __decode_for_fuzzing(&data);
+            let framed = frame(&body, 32);
+            let raw = Bytes::from(encode(&tags, &framed));
+            let e = decode(&raw).unwrap();
+            prop_assert_eq!(e.tags, tags);
+            let value = unframe(&e.body).unwrap();
+            prop_assert_eq!(value.as_ref(), &body[..]);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Per-entry options: the TTL tier and the tags.
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Deserialize;
+
+/// A named time-to-live, resolved against the cache's [`TtlTiers`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::cache::{Ttl, TtlTiers};
+///
+/// let tiers = TtlTiers::default();
+/// assert_eq!(tiers.resolve(Ttl::Short), Duration::from_secs(60));
+/// assert_eq!(tiers.resolve(Ttl::Custom(Duration::from_secs(7))), Duration::from_secs(7));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ttl {
+    /// The short tier (by default 60 s).
+    Short,
+    /// The default tier (by default 5 min).
+    #[default]
+    Default,
+    /// The long tier (by default 1 h).
+    Long,
+    /// The "permanent" tier (by default 1 day).
+    Permanent,
+    /// An explicit duration (at least 1 ms is used).
+    #[serde(with = "millis")]
+    Custom(Duration),
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// The durations behind the [`Ttl`] tiers, with the origin's defaults. Deserializable from
+/// TOML with fields in seconds (`short_secs`, `default_secs`, `long_secs`,
+/// `permanent_secs`).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::cache::{Ttl, TtlTiers};
+///
+/// let tiers = TtlTiers::default().long(Duration::from_secs(7200));
+/// assert_eq!(tiers.resolve(Ttl::Long), Duration::from_secs(7200));
+/// assert_eq!(tiers.resolve(Ttl::Permanent), Duration::from_secs(86_400));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct TtlTiers {
+    short_secs: u64,
+    default_secs: u64,
+    long_secs: u64,
+    permanent_secs: u64,
+}
+
+impl Default for TtlTiers {
+    fn default() -> Self {
+        Self {
+            short_secs: 60,
+            default_secs: 300,
+            long_secs: 3_600,
+            permanent_secs: 86_400,
+        }
+    }
+}
+
+impl TtlTiers {
+    /// The short tier. By default, 60 s.
+    #[must_use]
+    pub fn short(mut self, ttl: Duration) -> Self {
+        self.short_secs = ttl.as_secs().max(1);
+        self
+    }
+
+    /// The default tier. By default, 5 min.
+    #[must_use]
+    pub fn default_tier(mut self, ttl: Duration) -> Self {
+        self.default_secs = ttl.as_secs().max(1);
+        self
+    }
+
+    /// The long tier. By default, 1 h.
+    #[must_use]
+    pub fn long(mut self, ttl: Duration) -> Self {
+        self.long_secs = ttl.as_secs().max(1);
+        self
+    }
+
+    /// The "permanent" tier. By default, 1 day.
+    #[must_use]
+    pub fn permanent(mut self, ttl: Duration) -> Self {
+        self.permanent_secs = ttl.as_secs().max(1);
+        self
+    }
+
+    /// The duration of a tier (never zero: at least 1 ms).
+    pub fn resolve(&self, ttl: Ttl) -> Duration {
+        let d = match ttl {
+            Ttl::Short => Duration::from_secs(self.short_secs),
+            Ttl::Default => Duration::from_secs(self.default_secs),
+            Ttl::Long => Duration::from_secs(self.long_secs),
+            Ttl::Permanent => Duration::from_secs(self.permanent_secs),
+            Ttl::Custom(d) => d,
+        };
+        d.max(Duration::from_millis(1))
+    }
+}
+
+/// Options of one entry: its TTL tier and its tags.
+///
+/// Tags are scoped like keys: a tag written through a tenant's handle
+/// ([`Cache::for_tenant`](super::Cache::for_tenant)) is that tenant's tag.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::cache::{CacheOptions, Ttl};
+///
+/// let opts = CacheOptions::new().ttl(Ttl::Long).tag("users").tag("user:7");
+/// assert_eq!(opts.tags().len(), 2);
+/// assert_eq!(opts.ttl_tier(), Ttl::Long);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    ttl: Ttl,
+    tags: Vec<Arc<str>>,
+}
+
+impl CacheOptions {
+    /// The default tier, no tags.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The TTL tier. By default, [`Ttl::Default`].
+    #[must_use]
+    pub fn ttl(mut self, ttl: Ttl) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Adds a tag. By default, an entry has no tag.
+    #[must_use]
+    pub fn tag(mut self, tag: impl AsRef<str>) -> Self {
+        let tag: Arc<str> = tag.as_ref().into();
+        if !self.tags.contains(&tag) {
+            self.tags.push(tag);
+        }
+        self
+    }
+
+    /// Adds several tags.
+    #[must_use]
+    pub fn with_tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        for t in tags {
+            self = self.tag(t);
+        }
+        self
+    }
+
+    /// The TTL tier.
+    pub fn ttl_tier(&self) -> Ttl {
+        self.ttl
+    }
+
+    /// The tags.
+    pub fn tags(&self) -> &[Arc<str>] {
+        &self.tags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_resolve_and_deserialize() {
+        let t: TtlTiers = serde_json::from_str(r#"{"short_secs": 5}"#).unwrap();
+        assert_eq!(t.resolve(Ttl::Short), Duration::from_secs(5));
+        assert_eq!(t.resolve(Ttl::Default), Duration::from_secs(300));
+        let t = t
+            .short(Duration::ZERO)
+            .default_tier(Duration::from_secs(9))
+            .permanent(Duration::from_secs(10));
+        assert_eq!(t.resolve(Ttl::Short), Duration::from_secs(1));
+        assert_eq!(t.resolve(Ttl::Default), Duration::from_secs(9));
+        assert_eq!(t.resolve(Ttl::Permanent), Duration::from_secs(10));
+        assert_eq!(
+            t.resolve(Ttl::Custom(Duration::ZERO)),
+            Duration::from_millis(1)
+        );
+        let ttl: Ttl = serde_json::from_str(r#"{"custom": 1500}"#).unwrap();
+        assert_eq!(ttl, Ttl::Custom(Duration::from_millis(1500)));
+        let ttl: Ttl = serde_json::from_str(r#""long""#).unwrap();
+        assert_eq!(ttl, Ttl::Long);
+    }
+
+    #[test]
+    fn tags_are_deduplicated() {
+        let o = CacheOptions::new().with_tags(["a", "b", "a"]);
+        assert_eq!(o.tags().len(), 2);
+        assert_eq!(o.ttl_tier(), Ttl::Default);
+    }
+}

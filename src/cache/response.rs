@@ -1,0 +1,506 @@
+//! The HTTP response cache layer.
+//!
+//! See [`ResponseCacheLayer`].
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::BodyExt as _;
+use pin_project_lite::pin_project;
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{Cache, CacheOptions, Codec, Postcard, Ttl};
+use crate::{
+    body::ResponseBody,
+    error::JsonError,
+    identity::IdentityReader,
+    key::{digest, escape_part},
+};
+
+/// Tags a handler attaches to its response (as a response extension) so the cached
+/// response can be invalidated with [`Cache::invalidate_tag`].
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::cache::CacheTags;
+///
+/// let mut res = http::Response::new(());
+/// res.extensions_mut().insert(CacheTags::new(["users", "user:7"]));
+/// assert_eq!(res.extensions().get::<CacheTags>().unwrap().tags().len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheTags(Vec<String>);
+
+impl CacheTags {
+    /// Tags from names.
+    pub fn new<I>(tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self(tags.into_iter().map(Into::into).collect())
+    }
+
+    /// The tag names.
+    pub fn tags(&self) -> &[String] {
+        &self.0
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    etag: String,
+}
+
+/// Caches `GET`/`HEAD` 200 responses in a [`Cache`].
+///
+/// [`ResponseCacheLayer`] caches `GET` and `HEAD` `200 OK` responses in a [`Cache`],
+/// keyed by tenant, method, path and query, and the values of the request headers the
+/// layer varies on. A response is stored only when all of these hold:
+///
+/// - the request has no `Cache-Control: no-store` and is anonymous (no `Authorization`
+///   header, no user in the extensions), unless the layer caches authenticated requests
+///   **keyed by the principal** ([`by_principal`](Self::by_principal));
+/// - the response is `200`, has no `Set-Cookie`, no `Cache-Control: no-store`,
+///   `private` or `no-cache`, and its `Vary` names only headers the layer varies on
+///   (not `*`);
+/// - its body has a known length no larger than the entry cap. Other bodies stream
+///   through unchanged, never buffered.
+///
+/// Stored responses carry a strong `ETag` (SHA-256 of the body, or the handler's own);
+/// a request whose `If-None-Match` matches gets `304 Not Modified` (RFC 9110 §13.1.2).
+/// Handlers attach tags with the [`CacheTags`] response extension; invalidating one of
+/// them through the same [`Cache`] (and tenant) removes every response carrying it.
+///
+/// The lookup is asynchronous and must run before the inner service, so a cacheable
+/// request's future is boxed once (inside [`ResponseFuture`]); other requests use an
+/// unboxed pass-through.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// use tower::{ServiceExt, service_fn};
+/// use tower_rampart::cache::{Cache, MemoryBackend, ResponseCacheLayer};
+/// use tower_layer::Layer;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let cache = Cache::builder().build(MemoryBackend::new(8 << 20)).unwrap();
+/// let svc = ResponseCacheLayer::new(cache).layer(service_fn(|_req: Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+/// }));
+/// let res = svc.clone().oneshot(Request::get("/hello").body(()).unwrap()).await.unwrap();
+/// let etag = res.headers()["etag"].clone();
+/// let res = svc
+///     .oneshot(Request::get("/hello").header("if-none-match", etag).body(()).unwrap())
+///     .await
+///     .unwrap();
+/// assert_eq!(res.status(), 304);
+/// # });
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct ResponseCacheLayer<C = Postcard> {
+    config: Arc<Config<C>>,
+}
+
+impl<C> Clone for ResponseCacheLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Config<C> {
+    cache: Cache<C>,
+    identity: IdentityReader,
+    ttl: Ttl,
+    max_entry_bytes: usize,
+    vary: Vec<HeaderName>,
+    by_principal: bool,
+}
+
+impl<C: Codec> ResponseCacheLayer<C> {
+    /// A layer storing responses in `cache`.
+    pub fn new(cache: Cache<C>) -> Self {
+        Self {
+            config: Arc::new(Config {
+                cache,
+                identity: IdentityReader::new(),
+                ttl: Ttl::Short,
+                max_entry_bytes: 1 << 20,
+                vary: vec![
+                    header::ACCEPT,
+                    header::ACCEPT_ENCODING,
+                    header::ACCEPT_LANGUAGE,
+                ],
+                by_principal: false,
+            }),
+        }
+    }
+
+    fn edit(self, f: impl FnOnce(&mut Config<C>)) -> Self {
+        let mut config = Arc::try_unwrap(self.config).unwrap_or_else(|shared| Config {
+            cache: shared.cache.clone(),
+            identity: shared.identity,
+            ttl: shared.ttl,
+            max_entry_bytes: shared.max_entry_bytes,
+            vary: shared.vary.clone(),
+            by_principal: shared.by_principal,
+        });
+        f(&mut config);
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// How to read the tenant (the key's namespace) and the user from requests.
+    ///
+    /// By default, no type is known: every request is global and anonymous (requests
+    /// with an `Authorization` header are still never cached).
+    pub fn identity(self, reader: IdentityReader) -> Self {
+        self.edit(|c| c.identity = reader)
+    }
+
+    /// How long responses are kept. By default, [`Ttl::Short`] (60 s).
+    pub fn ttl(self, ttl: Ttl) -> Self {
+        self.edit(|c| c.ttl = ttl)
+    }
+
+    /// The largest body stored, in bytes. By default, 1 MiB.
+    pub fn max_entry_bytes(self, bytes: usize) -> Self {
+        self.edit(|c| c.max_entry_bytes = bytes)
+    }
+
+    /// The request headers whose values are part of the key; a response whose `Vary`
+    /// names another header is not stored. By default, `Accept`, `Accept-Encoding` and
+    /// `Accept-Language`.
+    pub fn vary_headers<I>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = HeaderName>,
+    {
+        let names: Vec<HeaderName> = names.into_iter().collect();
+        self.edit(|c| c.vary = names)
+    }
+
+    /// Also cache authenticated requests, keyed by the user id read through
+    /// [`identity`](Self::identity) (requests with credentials but no readable user are
+    /// still never cached). By default, `false`: authenticated requests are never cached.
+    pub fn by_principal(self, enabled: bool) -> Self {
+        self.edit(|c| c.by_principal = enabled)
+    }
+}
+
+impl<S, C> Layer<S> for ResponseCacheLayer<C> {
+    type Service = ResponseCache<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResponseCache {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service of [`ResponseCacheLayer`].
+pub struct ResponseCache<S, C = Postcard> {
+    inner: S,
+    config: Arc<Config<C>>,
+}
+
+impl<S: Clone, C> Clone for ResponseCache<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for ResponseCache<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+pin_project! {
+    /// The future of [`ResponseCache`]: a pass-through, or one boxed lookup-then-call.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Passthrough { #[pin] fut: F },
+        Cached { fut: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Passthrough { .. } => f.write_str("ResponseFuture::Passthrough"),
+            Kind::Cached { .. } => f.write_str("ResponseFuture::Cached"),
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { fut } => fut
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(ResponseBody::new))),
+            KindProj::Cached { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+fn has_directive(headers: &HeaderMap, name: &HeaderName, directives: &[&str]) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|d| {
+                let d = d.trim();
+                let d = d.split('=').next().unwrap_or(d);
+                directives.iter().any(|x| d.eq_ignore_ascii_case(x))
+            })
+        })
+    })
+}
+
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|t| {
+                let t = t.trim();
+                // Weak comparison (RFC 9110 §13.1.2): W/"x" matches "x".
+                t == "*" || t.trim_start_matches("W/") == etag.trim_start_matches("W/")
+            })
+        })
+    })
+}
+
+impl<C: Codec> Config<C> {
+    /// The cache handle and key for a request, or `None` when it must not be cached.
+    fn key_for<B>(&self, req: &Request<B>) -> Option<(Cache<C>, String)> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD)
+            || has_directive(req.headers(), &header::CACHE_CONTROL, &["no-store"])
+        {
+            return None;
+        }
+        let ext = req.extensions();
+        let user = self.identity.user_id(ext);
+        let authenticated = user.is_some() || req.headers().contains_key(header::AUTHORIZATION);
+        let principal = if authenticated {
+            if !self.by_principal {
+                return None;
+            }
+            user?
+        } else {
+            ""
+        };
+        let mut key = String::from("http");
+        for part in [
+            req.method().as_str(),
+            req.uri()
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str),
+            principal,
+        ] {
+            key.push(':');
+            key.push_str(&escape_part(part));
+        }
+        for name in &self.vary {
+            key.push(':');
+            for v in req.headers().get_all(name) {
+                key.push_str(&escape_part(&String::from_utf8_lossy(v.as_bytes())));
+                key.push(',');
+            }
+        }
+        Some((self.cache.for_request(&self.identity, ext), key))
+    }
+
+    fn storable<B: Body>(&self, res: &Response<B>) -> bool {
+        let h = res.headers();
+        res.status() == StatusCode::OK
+            && !h.contains_key(header::SET_COOKIE)
+            && !has_directive(
+                h,
+                &header::CACHE_CONTROL,
+                &["no-store", "private", "no-cache"],
+            )
+            && h.get_all(header::VARY).iter().all(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .all(|n| {
+                            n != "*" && self.vary.iter().any(|x| x.as_str().eq_ignore_ascii_case(n))
+                        })
+                })
+            })
+            && res
+                .body()
+                .size_hint()
+                .exact()
+                .is_some_and(|n| usize::try_from(n).is_ok_and(|n| n <= self.max_entry_bytes))
+    }
+}
+
+fn replay<B>(stored: Stored, req_headers: &HeaderMap, head: bool) -> Response<ResponseBody<B>> {
+    let not_modified = etag_matches(req_headers, &stored.etag);
+    let mut res = if not_modified || head {
+        Response::new(ResponseBody::empty())
+    } else {
+        Response::new(ResponseBody::full(stored.body))
+    };
+    if not_modified {
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    let headers = res.headers_mut();
+    for (name, value) in stored.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            if not_modified && n == header::CONTENT_LENGTH {
+                continue;
+            }
+            headers.append(n, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&stored.etag) {
+        headers.insert(header::ETAG, v);
+    }
+    res
+}
+
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S, C>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    C: Codec,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let Some((cache, key)) = self.config.key_for(&req) else {
+            return ResponseFuture {
+                kind: Kind::Passthrough {
+                    fut: self.inner.call(req),
+                },
+            };
+        };
+        // The ready service goes into the future; a fresh clone stays here.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        let fut = async move {
+            let head = req.method() == Method::HEAD;
+            let req_headers = req.headers().clone();
+            let skip_lookup = has_directive(req.headers(), &header::CACHE_CONTROL, &["no-cache"]);
+            if !skip_lookup && let Some(stored) = cache.get::<Stored>(&key).await {
+                return Ok(replay(stored, &req_headers, head));
+            }
+            let res = inner.call(req).await?;
+            if !config.storable(&res) {
+                return Ok(res.map(ResponseBody::new));
+            }
+            let (mut parts, body) = res.into_parts();
+            let bytes = match body.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "response body failed while being cached");
+                    let err = JsonError::new("Bad gateway", "The response body failed.")
+                        .into_response(StatusCode::BAD_GATEWAY);
+                    return Ok(err.map(ResponseBody::full));
+                }
+            };
+            let etag = match parts
+                .headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(tag) => tag.to_owned(),
+                None => {
+                    let tag = format!("\"{}\"", digest(&bytes));
+                    if let Ok(v) = HeaderValue::from_str(&tag) {
+                        parts.headers.insert(header::ETAG, v);
+                    }
+                    tag
+                }
+            };
+            let tags = parts
+                .extensions
+                .get::<CacheTags>()
+                .cloned()
+                .unwrap_or_default();
+            let stored = Stored {
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| *n != header::ETAG)
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: bytes.to_vec(),
+                etag: etag.clone(),
+            };
+            let options = CacheOptions::new().ttl(config.ttl).with_tags(tags.tags());
+            cache.set(&key, &stored, &options).await;
+            if etag_matches(&req_headers, &etag) {
+                let mut res = Response::from_parts(parts, ResponseBody::empty());
+                *res.status_mut() = StatusCode::NOT_MODIFIED;
+                res.headers_mut().remove(header::CONTENT_LENGTH);
+                return Ok(res);
+            }
+            let body = if head {
+                ResponseBody::empty()
+            } else {
+                ResponseBody::full(bytes)
+            };
+            Ok(Response::from_parts(parts, body))
+        };
+        ResponseFuture {
+            kind: Kind::Cached { fut: Box::pin(fut) },
+        }
+    }
+}
