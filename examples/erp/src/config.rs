@@ -361,7 +361,7 @@ impl Config {
             ));
         }
 
-        Ok(Self {
+        let config = Self {
             bind,
             database_url,
             redis_url,
@@ -386,7 +386,10 @@ impl Config {
             secure_cookies: file.server.secure_cookies.unwrap_or(false),
             password_cost: PasswordCost::Default,
             layers: file.layers,
-        })
+        };
+        // An unusable [rate_limit] table is a start-up error, not a request-time one.
+        let _validated = crate::rate_limit_layer(&config)?;
+        Ok(config)
     }
 
     /// A configuration for tests: the given database, a fixed secret and demo password,
@@ -496,7 +499,7 @@ mod tests {
     #[test]
     fn precedence_is_cli_then_env_then_file() {
         let file = Config::parse_file(
-            "[server]\nbind = \"127.0.0.1:3\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n[database]\nurl = \"postgres://u:pw@h/db\"\n[rate_limit]\nx = 1\n",
+            "[server]\nbind = \"127.0.0.1:3\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n[database]\nurl = \"postgres://u:pw@h/db\"\n[rate_limit]\nheaders = \"legacy\"\n",
         )
         .unwrap();
         let env = env_of(&[("RAMPART_BIND", "127.0.0.1:2")]);

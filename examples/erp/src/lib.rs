@@ -34,7 +34,10 @@ use tower_http::{
 use tower_rampart::{
     client_ip::ClientIpResolver,
     csp::{Csp, ReportReceiver, Source},
+    error::ConfigError,
+    identity::IdentityReader,
     profiler::{ProfilerLayer, ProfilerUi},
+    rate_limit::{RateLimitConfig, RateLimitLayer},
     security_headers::SecurityHeadersLayer,
 };
 
@@ -188,6 +191,8 @@ pub fn app(state: AppState) -> Router {
     let config = state.config().clone();
     let resolver = ClientIpResolver::new(config.trusted());
     let security_headers = security_headers(&resolver);
+    let rate_limit =
+        rate_limit_layer(&config).expect("the [rate_limit] table was validated by Config::load");
     // The profiler records every request but its own pages; its UI is for admins only
     // (the authentication middleware below has put the `Principal` in the extensions).
     let profiler = ProfilerLayer::new().sample_with(|r| !r.uri().path().starts_with("/_profiler"));
@@ -248,8 +253,10 @@ pub fn app(state: AppState) -> Router {
                 state.clone(),
                 auth::authenticate,
             ))
-            // 4. [library] Rate limit: API 100/hour per user, login 5/minute per client IP,
-            //    admin 50/hour per user, health exempt (policies in rampart-erp.toml).
+            // 4. Rate limit: API 100/hour per user, login 5/minute per client IP, admin
+            //    50/hour per user, health exempt (policies in rampart-erp.toml); after
+            //    authentication so per-user policies know the user. 429 JSON.
+            .layer(rate_limit)
             // 5. Tenant: X-Tenant-ID or {tenant}.localhost, must match the user's tenant.
             //    [library] replace with the tenant layer (same rules, cached store).
             .layer(middleware::from_fn_with_state(state, tenant::resolve))
@@ -273,6 +280,38 @@ pub fn app(state: AppState) -> Router {
                 config.request_timeout,
             )),
     )
+}
+
+/// The shipped configuration file; its `[rate_limit]` table holds the origin ERP's
+/// limits, used when the running configuration has none.
+const SHIPPED_CONFIG: &str = include_str!("../rampart-erp.toml");
+
+/// The rate limiter: the configuration's `[rate_limit]` table, or the shipped one;
+/// client IPs behind `RAMPART_TRUSTED_PROXIES`, users from the authenticated
+/// [`auth::Principal`]. In memory (one instance); Redis-backed limits are for scale-out.
+///
+/// # Errors
+///
+/// A `[rate_limit]` table that does not describe usable policies.
+pub fn rate_limit_layer(config: &Config) -> Result<RateLimitLayer, ConfigError> {
+    let table = match &config.layers.rate_limit {
+        Some(table) => table.clone(),
+        None => {
+            let shipped: toml::Table = toml::from_str(SHIPPED_CONFIG)
+                .map_err(|e| ConfigError::new(format!("rampart-erp.toml: {e}")))?;
+            match shipped.get("rate_limit") {
+                Some(toml::Value::Table(t)) => t.clone(),
+                _ => toml::Table::new(),
+            }
+        }
+    };
+    let file: RateLimitConfig = table
+        .try_into()
+        .map_err(|e| ConfigError::new(format!("[rate_limit]: {e}")))?;
+    file.builder()?
+        .client_ip(ClientIpResolver::new(config.trusted()))
+        .identity(IdentityReader::new().user::<auth::Principal>())
+        .build()
 }
 
 /// The security headers: the recommended preset with a strict, nonce-based CSP whose

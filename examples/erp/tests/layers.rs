@@ -118,3 +118,72 @@ async fn profiler_is_for_admins_only_and_records_requests() {
     assert_eq!(ui.status, 200);
     assert!(ui.text().contains("/api/v1/accounts"), "{}", ui.text());
 }
+
+#[tokio::test]
+async fn login_is_limited_to_five_per_minute_per_client_ip() {
+    let t = TestApp::sqlite().await;
+    let attempt = |peer: &'static str| {
+        let mut req = Request::post("/accounts/login/")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", "http://localhost")
+            .body(Body::from("tenant=acme&username=user&password=wrong"))
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+                peer.parse().unwrap(),
+            ));
+        req
+    };
+    for i in 0..5 {
+        let res = t.send(attempt("198.51.100.7:4000")).await;
+        assert_ne!(res.status, 429, "attempt {i} is within the quota");
+        assert!(
+            res.headers.contains_key("ratelimit-policy"),
+            "IETF headers on allowed responses"
+        );
+    }
+    let limited = t.send(attempt("198.51.100.7:4001")).await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(limited.json()["error"], "Rate limit exceeded");
+    // Another client is not affected, and health checks are never limited.
+    assert_ne!(t.send(attempt("203.0.113.9:4000")).await.status, 429);
+    for _ in 0..10 {
+        assert_eq!(t.send(get("/health/live/")).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn api_is_limited_per_user() {
+    let t = TestApp::sqlite().await;
+    let alice = t.token("acme", "user").await;
+    let admin = t.token("acme", "admin").await;
+    for i in 0..100 {
+        let res = t.get("/api/v1/accounts", &alice).await;
+        assert_eq!(res.status, 200, "call {i}: {}", res.text());
+    }
+    let res = t.get("/api/v1/accounts", &alice).await;
+    assert_eq!(res.status, 429, "the 101st call in the hour");
+    assert_eq!(
+        t.get("/api/v1/accounts", &admin).await.status,
+        200,
+        "other users keep their quota"
+    );
+}
+
+#[test]
+fn a_broken_rate_limit_table_is_a_startup_error() {
+    let path = std::env::temp_dir().join(format!("rampart-erp-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[rate_limit]\n[[rate_limit.policy]]\nname = \"x\"\nrate = \"0/minute\"\n",
+    )
+    .unwrap();
+    let cli = rampart_erp::config::CliArgs {
+        config: Some(path),
+        ..Default::default()
+    };
+    let err = rampart_erp::Config::load(&cli, |_| None).unwrap_err();
+    let _ = std::fs::remove_file(cli.config.as_ref().unwrap());
+    assert!(err.to_string().contains("rate"), "{err}");
+}
