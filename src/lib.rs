@@ -38,6 +38,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+mod builder;
 #[cfg(feature = "cache")]
 pub mod cache;
 pub mod client_ip;
@@ -47,6 +48,8 @@ pub mod csp;
 pub mod error;
 pub mod identity;
 pub mod key;
+
+pub use builder::ServiceBuilderExt;
 #[cfg(feature = "profiler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "profiler")))]
 pub mod profiler;
