@@ -48,6 +48,10 @@ pub mod csp;
 pub mod error;
 pub mod identity;
 pub mod key;
+// Which helpers a build uses depends on the features under test.
+#[cfg(test)]
+#[allow(dead_code)]
+mod test_util;
 
 pub use builder::ServiceBuilderExt;
 #[cfg(feature = "profiler")]

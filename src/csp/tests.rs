@@ -797,65 +797,9 @@ async fn receiver_emits_a_warning_per_violation() {
     );
 }
 
-/// Records counter increments by name and labels (a minimal `metrics` recorder).
-#[derive(Default)]
-struct Counters(Arc<Mutex<Vec<String>>>);
-
-struct OneCounter(String, Arc<Mutex<Vec<String>>>);
-
-impl metrics::CounterFn for OneCounter {
-    fn increment(&self, value: u64) {
-        self.1.lock().unwrap().push(format!("{} +{value}", self.0));
-    }
-    fn absolute(&self, _: u64) {}
-}
-
-impl metrics::Recorder for Counters {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        metrics::Counter::from_arc(Arc::new(OneCounter(name, self.0.clone())))
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
-}
-
 #[test]
 fn receiver_counts_accepted_and_rejected_reports() {
-    let recorder = Counters::default();
-    let seen = recorder.0.clone();
+    let recorder = crate::test_util::TestRecorder::default();
     metrics::with_local_recorder(&recorder, || {
         let r = ReportReceiver::new();
         let v = parse_reports("application/csp-report", CSP_REPORT.as_bytes()).unwrap();
@@ -867,7 +811,7 @@ fn receiver_counts_accepted_and_rejected_reports() {
         assert_eq!(r.reject(e).status(), 415);
     });
     assert_eq!(
-        *seen.lock().unwrap(),
+        recorder.counter_lines(),
         vec![
             "rampart_csp_reports_total{format=csp-report,directive=script-src-elem} +1".to_owned(),
             "rampart_csp_reports_total{format=csp-report,directive=other} +1".to_owned(),

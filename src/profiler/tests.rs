@@ -455,70 +455,9 @@ async fn dropped_body_and_errors_still_finish_the_record() {
     assert_eq!(records[0].status, 0, "no response: status 0");
 }
 
-/// `(name, labels, value)` of each histogram sample.
-type Sample = (String, Vec<(String, String)>, f64);
-
-#[derive(Default)]
-struct Histograms(Mutex<Vec<Sample>>);
-
-struct Hist(Arc<Histograms>, metrics::Key);
-impl metrics::HistogramFn for Hist {
-    fn record(&self, value: f64) {
-        let labels = self
-            .1
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
-        self.0
-            .0
-            .lock()
-            .unwrap()
-            .push((self.1.name().to_owned(), labels, value));
-    }
-}
-
-struct TestRecorder(Arc<Histograms>);
-impl metrics::Recorder for TestRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::noop()
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::from_arc(Arc::new(Hist(Arc::clone(&self.0), key.clone())))
-    }
-}
-
 #[test]
 fn metrics_histograms_by_method_route_status() {
-    let hist = Arc::new(Histograms::default());
-    let recorder = TestRecorder(Arc::clone(&hist));
+    let recorder = crate::test_util::TestRecorder::default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -534,14 +473,14 @@ fn metrics_histograms_by_method_route_status() {
         let off = ProfilerLayer::new().metrics(false).layer(hello());
         rt.block_on(send(off, Request::new(())));
     });
-    let got = hist.0.lock().unwrap();
+    let got = recorder.histograms();
     assert_eq!(got.len(), 2, "{got:?}");
     let dur = got
         .iter()
-        .find(|h| h.0 == "rampart_profiler_request_duration_seconds")
+        .find(|h| h.name == "rampart_profiler_request_duration_seconds")
         .unwrap();
     assert_eq!(
-        dur.1,
+        dur.labels,
         vec![
             ("method".to_owned(), "DELETE".to_owned()),
             ("route".to_owned(), "/items/{id}".to_owned()),
@@ -550,9 +489,9 @@ fn metrics_histograms_by_method_route_status() {
     );
     let q = got
         .iter()
-        .find(|h| h.0 == "rampart_profiler_queries_per_request")
+        .find(|h| h.name == "rampart_profiler_queries_per_request")
         .unwrap();
-    assert!((q.2 - 2.0).abs() < f64::EPSILON);
+    assert!((q.value - 2.0).abs() < f64::EPSILON);
 }
 
 async fn ui_get(ui: &ProfilerUi, path: &str, open: bool) -> (StatusCode, http::HeaderMap, String) {

@@ -534,74 +534,12 @@ async fn no_policy_passes_through_untouched() {
 
 #[cfg(feature = "tonic")]
 mod grpc;
-/// A recorder that keeps counters by their full key.
-#[derive(Default)]
-struct Counting(
-    std::sync::Mutex<Vec<(metrics::Key, std::sync::Arc<std::sync::atomic::AtomicU64>)>>,
-);
-
-impl Counting {
-    fn get(&self, policy: &str, outcome: &str) -> u64 {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| {
-                k.name() == "rate_limit_decisions_total"
-                    && k.labels()
-                        .any(|l| l.key() == "policy" && l.value() == policy)
-                    && k.labels()
-                        .any(|l| l.key() == "outcome" && l.value() == outcome)
-            })
-            .map(|(_, c)| c.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    }
-}
-
-impl metrics::Recorder for Counting {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let mut all = self.0.lock().unwrap();
-        let c = match all.iter().find(|(k, _)| k == key) {
-            Some((_, c)) => c.clone(),
-            None => {
-                let c = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-                all.push((key.clone(), c.clone()));
-                c
-            }
-        };
-        metrics::Counter::from_arc(c)
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
+/// Decisions of `policy` with `outcome`, as counted by the test recorder.
+fn decisions(recorder: &crate::test_util::TestRecorder, policy: &str, outcome: &str) -> u64 {
+    recorder.counter_total(
+        "rate_limit_decisions_total",
+        &[("policy", policy), ("outcome", outcome)],
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -612,7 +550,7 @@ async fn decisions_are_counted_by_policy_and_outcome() {
         .build()
         .unwrap();
     let mut svc = service(&layer);
-    let recorder = Counting::default();
+    let recorder = crate::test_util::TestRecorder::default();
     // The in-memory decision happens in `call`, so a local recorder sees it.
     let futures: Vec<_> = metrics::with_local_recorder(&recorder, || {
         (0..3).map(|_| svc.call(get("/", PEER))).collect()
@@ -622,11 +560,11 @@ async fn decisions_are_counted_by_policy_and_outcome() {
         statuses.push(f.await.unwrap().status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 429]);
-    assert_eq!(recorder.get("login", "allowed"), 2);
-    assert_eq!(recorder.get("login", "rejected"), 1);
-    assert_eq!(recorder.get("watch", "allowed"), 1);
+    assert_eq!(decisions(&recorder, "login", "allowed"), 2);
+    assert_eq!(decisions(&recorder, "login", "rejected"), 1);
+    assert_eq!(decisions(&recorder, "watch", "allowed"), 1);
     assert_eq!(
-        recorder.get("watch", "shadow_rejected"),
+        decisions(&recorder, "watch", "shadow_rejected"),
         1,
         "the third request stopped at `login`"
     );
