@@ -14,10 +14,11 @@ use axum::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use tower_rampart::cache::{CacheTags, ResponseCacheLayer};
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
+    AppState, TRIAL_BALANCE_TAG,
     auth::{self, Admin, Principal, Role},
     error::{ApiError, ApiPath, ApiQuery, ErrorBody},
     idempotency,
@@ -29,7 +30,11 @@ use crate::{
 pub const VERSION: &str = "1";
 
 /// The `/api/v1` routes (nested by [`crate::app`]).
-pub fn router() -> Router<AppState> {
+///
+/// `trial_balance_cache` wraps `GET /reports/trial-balance` only: the report is the one
+/// expensive read, and its responses carry the [`TRIAL_BALANCE_TAG`] that posting an
+/// entry invalidates. Other reads are not cached (they would go stale until their TTL).
+pub fn router(trial_balance_cache: ResponseCacheLayer) -> Router<AppState> {
     Router::new()
         .route("/auth/token", post(token))
         .route("/users/me", get(me))
@@ -38,7 +43,10 @@ pub fn router() -> Router<AppState> {
         .route("/journal-entries", get(list_entries).post(create_entry))
         .route("/journal-entries/{id}", get(get_entry))
         .route("/journal-entries/{id}/reverse", post(reverse_entry))
-        .route("/reports/trial-balance", get(trial_balance))
+        .route(
+            "/reports/trial-balance",
+            get(trial_balance).layer(trial_balance_cache),
+        )
         .fallback(not_found)
 }
 
@@ -193,8 +201,8 @@ pub async fn token(
     current: Option<axum::Extension<CurrentTenant>>,
     JsonBody { value: req, .. }: JsonBody<TokenRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    if let Some(axum::Extension(CurrentTenant(t))) = current
-        && t != req.tenant
+    if let Some(axum::Extension(t)) = current
+        && t.id().as_str() != req.tenant
     {
         return Err(ApiError::forbidden(
             "The tenant in the body differs from the request's tenant (X-Tenant-ID or subdomain).",
@@ -338,7 +346,7 @@ pub async fn create_entry(
         let entry =
             ledger::create_entry(st.db(), &principal.tenant, &principal.user_id, &body.value)
                 .await?;
-        st.entry_posted(&principal.tenant);
+        st.entry_posted(&principal.tenant).await;
         Ok((StatusCode::CREATED, to_value(&entry)?))
     })
     .await
@@ -402,21 +410,30 @@ pub async fn reverse_entry(
             &body.value,
         )
         .await?;
-        st.entry_posted(&principal.tenant);
+        st.entry_posted(&principal.tenant).await;
         Ok((StatusCode::CREATED, to_value(&entry)?))
     })
     .await
 }
 
 /// The trial balance: debits, credits and balance per account.
+///
+/// Cached per tenant and user by the response cache (strong `ETag`, `If-None-Match` →
+/// 304), invalidated on every instance when an entry is posted or reversed.
 #[utoipa::path(get, path = "/api/v1/reports/trial-balance", tag = "reports", security(("bearer" = [])),
+    params(("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier response: 304 when unchanged")),
     responses(
-        (status = 200, body = TrialBalance),
+        (status = 200, body = TrialBalance, headers(("ETag" = String, description = "Strong validator of the report"))),
+        (status = 304, description = "Not modified since the given ETag"),
         (status = 401, body = ErrorBody),
     ))]
 pub async fn trial_balance(
     State(state): State<AppState>,
     p: Principal,
-) -> Result<Json<TrialBalance>, ApiError> {
-    Ok(Json(ledger::trial_balance(state.db(), &p.tenant).await?))
+) -> Result<(axum::Extension<CacheTags>, Json<TrialBalance>), ApiError> {
+    let report = ledger::trial_balance(state.db(), &p.tenant).await?;
+    Ok((
+        axum::Extension(CacheTags::new([TRIAL_BALANCE_TAG])),
+        Json(report),
+    ))
 }

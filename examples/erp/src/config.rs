@@ -6,7 +6,12 @@
 //! | listen address | `--bind` | `RAMPART_BIND` | `server.bind` | `127.0.0.1:8080` |
 //! | config file | `--config` | `RAMPART_CONFIG` | | none |
 //! | database | | `DATABASE_URL` | `database.url` | `sqlite:rampart-erp.db` |
-//! | Redis | | `REDIS_URL` | `redis.url` | none |
+//! | Redis | | `REDIS_URL` (a comma-separated list = Cluster nodes) | `redis.url` | none |
+//! | Redis is a Cluster | | `RAMPART_REDIS_CLUSTER=1` | `redis.cluster` | when `REDIS_URL` lists several nodes |
+//! | limiter when Redis fails | | `RAMPART_REDIS_FAILURE_MODE` (`open`, `closed`, `local_fallback`) | `redis.failure_mode` | `local_fallback` |
+//! | instances sharing Redis | | `RAMPART_INSTANCES` | `redis.instances` | 1 |
+//! | Redis per-call timeout | | `RAMPART_REDIS_TIMEOUT_MS` | `redis.timeout_ms` | 50 |
+//! | Redis key prefix | | `RAMPART_REDIS_PREFIX` | `redis.prefix` | `rampart-erp` |
 //! | trusted proxies | | `RAMPART_TRUSTED_PROXIES` (comma-separated CIDRs) | `server.trusted_proxies` | none |
 //! | JWT secret | | `RAMPART_JWT_SECRET` | `auth.jwt_secret` | generated, with a warning |
 //! | demo password | | `RAMPART_DEMO_PASSWORD` | | generated and printed once |
@@ -19,7 +24,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
-use tower_rampart::{client_ip::TrustedProxies, error::ConfigError};
+use tower_rampart::{client_ip::TrustedProxies, error::ConfigError, rate_limit::FailureMode};
 
 /// The default SQLite file database, created in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:rampart-erp.db";
@@ -31,8 +36,11 @@ pub struct Config {
     pub bind: SocketAddr,
     /// `sqlite:…` or `postgres://…`.
     pub database_url: String,
-    /// Redis, when configured (readiness pings it; the library backends will use it).
+    /// Redis, when configured: the rate limiter and the two-tier cache use it and
+    /// readiness pings it. `None` = in-memory limiter and cache (one instance).
     pub redis_url: Option<String>,
+    /// How Redis is used, when [`Config::redis_url`] is set.
+    pub redis: RedisSettings,
     /// CIDRs whose forwarding headers are believed.
     pub trusted_proxies: Vec<String>,
     /// HMAC secret of access tokens and session cookies (at least 32 bytes).
@@ -166,6 +174,139 @@ struct DatabaseSection {
 #[serde(deny_unknown_fields)]
 struct RedisSection {
     url: Option<String>,
+    cluster: Option<bool>,
+    failure_mode: Option<String>,
+    instances: Option<u32>,
+    timeout_ms: Option<u64>,
+    prefix: Option<String>,
+}
+
+/// How the server uses Redis (see the table in the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Whether the nodes of [`Config::redis_url`] are Redis Cluster nodes.
+    pub cluster: bool,
+    /// What the rate limiter does while Redis fails (the cache always degrades to
+    /// misses). `LocalFallback` divides each quota by [`RedisSettings::instances`].
+    pub failure_mode: FailureMode,
+    /// How many instances share the Redis quotas.
+    pub instances: u32,
+    /// The longest one Redis call may take before the failure mode applies.
+    pub timeout: Duration,
+    /// The prefix of every key the server writes.
+    pub prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            cluster: false,
+            failure_mode: FailureMode::LocalFallback { divisor: 1 },
+            instances: 1,
+            timeout: Duration::from_millis(50),
+            prefix: "rampart-erp".to_owned(),
+        }
+    }
+}
+
+fn split_nodes(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.trim(), "1" | "true" | "yes" | "on")
+}
+
+impl RedisSettings {
+    fn load(
+        url: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+        file: &RedisSection,
+    ) -> Result<Self, ConfigError> {
+        let mut s = Self::default();
+        let Some(url) = url else { return Ok(s) };
+        let nodes = split_nodes(url);
+        for node in &nodes {
+            redis::Client::open(node.as_str()).map_err(|e| {
+                ConfigError::new(format!(
+                    "invalid REDIS_URL `{}`: {e}; expected e.g. redis://127.0.0.1:6379 (or a comma-separated list of Cluster nodes)",
+                    redact_url(node)
+                ))
+            })?;
+        }
+        if nodes.is_empty() {
+            return Err(ConfigError::new(
+                "REDIS_URL is empty; expected e.g. redis://127.0.0.1:6379",
+            ));
+        }
+        s.cluster = match env("RAMPART_REDIS_CLUSTER") {
+            Some(v) => truthy(&v),
+            None => file.cluster.unwrap_or(nodes.len() > 1),
+        };
+        if nodes.len() > 1 && !s.cluster {
+            return Err(ConfigError::new(
+                "REDIS_URL lists several nodes but RAMPART_REDIS_CLUSTER / redis.cluster is false; give one URL for a standalone server",
+            ));
+        }
+        s.instances = match env("RAMPART_INSTANCES") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                ConfigError::new(format!(
+                    "RAMPART_INSTANCES must be a whole number of instances, e.g. 3 (got `{v}`)"
+                ))
+            })?,
+            None => file.instances.unwrap_or(1),
+        };
+        if s.instances == 0 {
+            return Err(ConfigError::new(
+                "RAMPART_INSTANCES / redis.instances must be at least 1",
+            ));
+        }
+        let mode = env("RAMPART_REDIS_FAILURE_MODE").or_else(|| file.failure_mode.clone());
+        s.failure_mode = match mode.as_deref().map(str::trim) {
+            None | Some("local_fallback") => FailureMode::LocalFallback {
+                divisor: s.instances,
+            },
+            Some("open") => FailureMode::Open,
+            Some("closed") => FailureMode::Closed,
+            Some(other) => {
+                return Err(ConfigError::new(format!(
+                    "unknown Redis failure mode `{other}`; use open, closed or local_fallback"
+                )));
+            }
+        };
+        let timeout_ms = match env("RAMPART_REDIS_TIMEOUT_MS") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                ConfigError::new(format!(
+                    "RAMPART_REDIS_TIMEOUT_MS must be a number of milliseconds, e.g. 50 (got `{v}`)"
+                ))
+            })?,
+            None => file.timeout_ms.unwrap_or(50),
+        };
+        if !(1..=10_000).contains(&timeout_ms) {
+            return Err(ConfigError::new(
+                "the Redis timeout must be between 1 and 10000 ms",
+            ));
+        }
+        s.timeout = Duration::from_millis(timeout_ms);
+        if let Some(prefix) = env("RAMPART_REDIS_PREFIX").or_else(|| file.prefix.clone()) {
+            if prefix.is_empty()
+                || prefix.len() > 64
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::new(format!(
+                    "invalid Redis key prefix `{prefix}`: use 1-64 of A-Z, a-z, 0-9, '-' and '_'"
+                )));
+            }
+            s.prefix = prefix;
+        }
+        Ok(s)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,15 +450,8 @@ impl Config {
             )));
         }
 
-        let redis_url = env("REDIS_URL").or(file.redis.url);
-        if let Some(url) = &redis_url {
-            redis::Client::open(url.as_str()).map_err(|e| {
-                ConfigError::new(format!(
-                    "invalid REDIS_URL `{}`: {e}; expected e.g. redis://127.0.0.1:6379",
-                    redact_url(url)
-                ))
-            })?;
-        }
+        let redis_url = env("REDIS_URL").or_else(|| file.redis.url.clone());
+        let redis = RedisSettings::load(redis_url.as_deref(), env, &file.redis)?;
 
         let trusted_proxies = match env("RAMPART_TRUSTED_PROXIES") {
             Some(v) => v
@@ -365,6 +499,7 @@ impl Config {
             bind,
             database_url,
             redis_url,
+            redis,
             trusted_proxies,
             jwt_secret,
             jwt_secret_generated,
@@ -388,7 +523,7 @@ impl Config {
             layers: file.layers,
         };
         // An unusable [rate_limit] table is a start-up error, not a request-time one.
-        let _validated = crate::rate_limit_layer(&config)?;
+        let _validated = crate::rate_limit_layer(&config, None)?;
         Ok(config)
     }
 
@@ -403,6 +538,14 @@ impl Config {
         c.demo_password = Some("demo-password".to_owned());
         c.password_cost = PasswordCost::Fast;
         c
+    }
+
+    /// The Redis node URLs of [`Config::redis_url`] (empty without Redis).
+    pub fn redis_nodes(&self) -> Vec<String> {
+        self.redis_url
+            .as_deref()
+            .map(split_nodes)
+            .unwrap_or_default()
     }
 
     /// The trusted proxies, parsed (validated when the configuration was loaded).
@@ -580,6 +723,108 @@ mod tests {
             .rate_limit
             .expect("rate limit policies are shipped");
         assert!(toml::to_string(&rl).unwrap().contains("/accounts/login/"));
+    }
+
+    #[test]
+    fn redis_settings() {
+        let load = |pairs: &[(&str, &str)]| {
+            let map: std::collections::HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Config::from_parts(
+                &CliArgs::default(),
+                &move |k| map.get(k).cloned(),
+                FileConfig::default(),
+            )
+        };
+        let c = load(&[]).unwrap();
+        assert!(c.redis_nodes().is_empty());
+        assert_eq!(c.redis, RedisSettings::default());
+
+        let c = load(&[
+            ("REDIS_URL", "redis://127.0.0.1:7000"),
+            ("RAMPART_INSTANCES", "3"),
+        ])
+        .unwrap();
+        assert!(!c.redis.cluster);
+        assert_eq!(
+            c.redis.failure_mode,
+            FailureMode::LocalFallback { divisor: 3 }
+        );
+        assert_eq!(c.redis.timeout, Duration::from_millis(50));
+
+        let c = load(&[
+            (
+                "REDIS_URL",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+            ),
+            ("RAMPART_REDIS_FAILURE_MODE", "closed"),
+            ("RAMPART_REDIS_TIMEOUT_MS", "20"),
+            ("RAMPART_REDIS_PREFIX", "erp_2"),
+        ])
+        .unwrap();
+        assert!(c.redis.cluster, "several nodes = Cluster");
+        assert_eq!(c.redis_nodes().len(), 2);
+        assert_eq!(c.redis.failure_mode, FailureMode::Closed);
+        assert_eq!(c.redis.timeout, Duration::from_millis(20));
+        assert_eq!(c.redis.prefix, "erp_2");
+        let open = load(&[
+            ("REDIS_URL", "redis://h"),
+            ("RAMPART_REDIS_FAILURE_MODE", "open"),
+            ("RAMPART_REDIS_CLUSTER", "1"),
+        ])
+        .unwrap();
+        assert_eq!(open.redis.failure_mode, FailureMode::Open);
+        assert!(open.redis.cluster);
+
+        for (pairs, needle) in [
+            (vec![("REDIS_URL", "http://x")], "invalid REDIS_URL"),
+            (vec![("REDIS_URL", " , ")], "REDIS_URL is empty"),
+            (
+                vec![
+                    ("REDIS_URL", "redis://a,redis://b"),
+                    ("RAMPART_REDIS_CLUSTER", "0"),
+                ],
+                "several nodes",
+            ),
+            (
+                vec![("REDIS_URL", "redis://a"), ("RAMPART_INSTANCES", "0")],
+                "at least 1",
+            ),
+            (
+                vec![("REDIS_URL", "redis://a"), ("RAMPART_INSTANCES", "many")],
+                "whole number",
+            ),
+            (
+                vec![
+                    ("REDIS_URL", "redis://a"),
+                    ("RAMPART_REDIS_FAILURE_MODE", "panic"),
+                ],
+                "open, closed or local_fallback",
+            ),
+            (
+                vec![
+                    ("REDIS_URL", "redis://a"),
+                    ("RAMPART_REDIS_TIMEOUT_MS", "0"),
+                ],
+                "between 1 and 10000",
+            ),
+            (
+                vec![
+                    ("REDIS_URL", "redis://a"),
+                    ("RAMPART_REDIS_TIMEOUT_MS", "soon"),
+                ],
+                "milliseconds",
+            ),
+            (
+                vec![("REDIS_URL", "redis://a"), ("RAMPART_REDIS_PREFIX", "a:b")],
+                "invalid Redis key prefix",
+            ),
+        ] {
+            let e = load(&pairs).unwrap_err().to_string();
+            assert!(e.contains(needle), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

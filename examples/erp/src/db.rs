@@ -258,11 +258,20 @@ impl Db {
     ///
     /// The query failed.
     pub async fn tenant_exists(&self, tenant: &str) -> Result<bool, sqlx::Error> {
-        let row = sqlx::query("SELECT id FROM tenants WHERE id = $1")
+        Ok(self.tenant_name(tenant).await?.is_some())
+    }
+
+    /// A tenant's display name, `None` when there is no such tenant.
+    ///
+    /// # Errors
+    ///
+    /// The query failed.
+    pub async fn tenant_name(&self, tenant: &str) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query("SELECT name FROM tenants WHERE id = $1")
             .bind(tenant)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.is_some())
+        row.map(|r| r.try_get::<String, _>("name")).transpose()
     }
 
     /// Checks the database answers (`SELECT 1`).

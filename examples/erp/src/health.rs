@@ -73,17 +73,20 @@ pub fn free_disk_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-async fn ping_redis(url: &str) -> Result<Option<String>, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("PING failed: {e}"))?;
-    Ok(Some(pong))
+/// Pings every configured node (each Cluster master and replica given in `REDIS_URL`).
+async fn ping_redis(nodes: &[String], kind: &str) -> Result<Option<String>, String> {
+    for (i, url) in nodes.iter().enumerate() {
+        let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("node {i}: cannot connect: {e}"))?;
+        let _pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("node {i}: PING failed: {e}"))?;
+    }
+    Ok(Some(format!("{kind}, {} node(s) answer PING", nodes.len())))
 }
 
 /// `GET /health/ready/`: every check with its status and latency; 503 when one fails.
@@ -94,11 +97,13 @@ async fn ping_redis(url: &str) -> Result<Option<String>, String> {
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let db = state.db().clone();
     let database = timed(async move { db.ping().await.map(|()| None).map_err(|e| e.to_string()) });
-    let redis_url = state.config().redis_url.clone();
+    let nodes = state.config().redis_nodes();
+    let kind = state.backends().kind;
     let redis = async move {
-        match redis_url {
-            Some(url) => Some(timed(ping_redis(&url)).await),
-            None => None,
+        if nodes.is_empty() {
+            None
+        } else {
+            Some(timed(ping_redis(&nodes, kind)).await)
         }
     };
     let dir = state

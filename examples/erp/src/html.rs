@@ -102,7 +102,7 @@ pub async fn login_page(
         return Redirect::to("/dashboard/").into_response();
     }
     let tenant = tenant
-        .map(|Extension(CurrentTenant(t))| t)
+        .map(|Extension(t)| t.id().to_string())
         .unwrap_or_default();
     Html(login_form(
         &tenant,
@@ -138,8 +138,8 @@ pub async fn login(
         ));
     }
     let form_tenant = form.tenant.trim().to_ascii_lowercase();
-    if let Some(Extension(CurrentTenant(t))) = &tenant
-        && *t != form_tenant
+    if let Some(Extension(t)) = &tenant
+        && t.id().as_str() != form_tenant
     {
         return Err(ApiError::forbidden(
             "The tenant in the form differs from the request's tenant (X-Tenant-ID or subdomain).",
@@ -190,7 +190,7 @@ pub async fn dashboard(
     };
     let db = state.db();
     let entries = ledger::list_entries(db, &p.tenant, 20, 0).await?;
-    let tb = ledger::trial_balance(db, &p.tenant).await?;
+    let tb = state.trial_balance(&p.tenant).await?;
     let accounts = ledger::list_accounts(db, &p.tenant, 200, 0).await?;
 
     let mut entry_rows = String::new();

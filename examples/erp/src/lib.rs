@@ -7,7 +7,9 @@
 //! - [`db`]: SQLite or PostgreSQL through sqlx's `any` driver, embedded migrations, seed;
 //! - [`ledger`]: chart of accounts, double-entry journal, trial balance (tenant-scoped);
 //! - [`api`]: the JSON API under `/api/v1/`; [`idempotency`]: `Idempotency-Key`;
-//! - [`auth`]: bearer tokens and session cookies; [`tenant`]: tenant resolution;
+//! - [`auth`]: bearer tokens and session cookies; [`tenant`]: tenant resolution
+//!   (the library's `TenantLayer` over the `tenants` table);
+//! - [`backends`]: in-memory or Redis (standalone / Cluster) limiter and cache;
 //! - [`html`]: login and dashboard; [`health`], [`metrics`], [`openapi`];
 //! - [`error`]: one JSON error shape everywhere.
 
@@ -32,17 +34,19 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tower_rampart::{
+    cache::{CacheOptions, LoadError, ResponseCacheLayer, Ttl},
     client_ip::ClientIpResolver,
     csp::{Csp, ReportReceiver, Source},
     error::ConfigError,
     identity::IdentityReader,
     profiler::{ProfilerLayer, ProfilerUi},
-    rate_limit::{RateLimitConfig, RateLimitLayer},
+    rate_limit::{RateLimitConfig, RateLimitLayer, RedisBackend},
     security_headers::SecurityHeadersLayer,
 };
 
 pub mod api;
 pub mod auth;
+pub mod backends;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -54,14 +58,20 @@ pub mod metrics;
 pub mod openapi;
 pub mod tenant;
 
+pub use backends::Backends;
 pub use config::Config;
 pub use db::Db;
 
 use error::ApiError;
 
-/// Called after a journal entry is posted, with the tenant: the hook where the response
-/// cache's tag invalidation (`trial-balance:{tenant}`) plugs in.
+/// Called after a journal entry is posted (and the cached trial balance of its tenant
+/// invalidated), with the tenant.
 pub type PostedHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The cache tag of a tenant's trial balance (the cache namespaces it by tenant): the
+/// `GET /api/v1/reports/trial-balance` responses and the dashboard's cached report carry
+/// it; posting or reversing an entry invalidates it.
+pub const TRIAL_BALANCE_TAG: &str = "trial-balance";
 
 struct Inner {
     config: Config,
@@ -70,6 +80,7 @@ struct Inner {
     dummy_hash: String,
     redoc: Option<Bytes>,
     on_posted: Option<PostedHook>,
+    backends: Backends,
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -86,7 +97,8 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State over a connected (migrated) database.
+    /// State over a connected (migrated) database, with in-memory limiter and cache
+    /// (see [`AppState::with_backends`]).
     ///
     /// # Errors
     ///
@@ -101,25 +113,37 @@ impl AppState {
             dummy_hash,
             redoc: None,
             on_posted: None,
+            backends: Backends::memory(),
         })))
     }
 
-    /// Connects, migrates and seeds the database of `config`; returns the state and the
-    /// demo password when one was generated (print it once).
+    /// Connects, migrates and seeds the database of `config`, connects the limiter and
+    /// cache backends it asks for (Redis when `REDIS_URL` is set); returns the state and
+    /// the demo password when one was generated (print it once).
     ///
     /// # Errors
     ///
-    /// The database cannot be opened, migrated or seeded.
+    /// The database cannot be opened, migrated or seeded, or the configured Redis cannot
+    /// be reached.
     pub async fn connect(
         config: Config,
     ) -> Result<(Self, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
+        let backends = Backends::from_config(&config).await?;
         let db = Db::connect(&config.database_url).await?;
         db.migrate().await?;
         let generated = db
             .seed(config.demo_password.as_deref(), config.password_cost)
             .await?;
-        let state = Self::new(config, db).map_err(|e| format!("password hashing: {e}"))?;
+        let state = Self::new(config, db)
+            .map_err(|e| format!("password hashing: {e}"))?
+            .with_backends(backends);
         Ok((state, generated))
+    }
+
+    /// Uses these limiter and cache backends.
+    #[must_use]
+    pub fn with_backends(self, backends: Backends) -> Self {
+        self.map_inner(|i| i.backends = backends)
     }
 
     /// Serves this ReDoc bundle at `/api/redoc/redoc.standalone.js`.
@@ -142,6 +166,7 @@ impl AppState {
             dummy_hash: arc.dummy_hash.clone(),
             redoc: arc.redoc.clone(),
             on_posted: arc.on_posted.clone(),
+            backends: arc.backends.clone(),
         });
         f(&mut inner);
         Self(Arc::new(inner))
@@ -172,8 +197,46 @@ impl AppState {
         self.0.redoc.as_ref()
     }
 
-    /// Runs the posted-entry hook.
-    pub fn entry_posted(&self, tenant: &str) {
+    /// The limiter and cache backends.
+    pub fn backends(&self) -> &Backends {
+        &self.0.backends
+    }
+
+    /// The application cache (tenant-namespaced with `.for_tenant(…)`).
+    pub fn cache(&self) -> &tower_rampart::cache::Cache {
+        &self.0.backends.cache
+    }
+
+    /// The trial balance of `tenant` through the cache (cache-aside, single-flight,
+    /// tagged [`TRIAL_BALANCE_TAG`]); the dashboard reads it this way.
+    ///
+    /// # Errors
+    ///
+    /// The database query failed.
+    pub async fn trial_balance(&self, tenant: &str) -> Result<ledger::TrialBalance, ApiError> {
+        let options = CacheOptions::new().tag(TRIAL_BALANCE_TAG).ttl(Ttl::Default);
+        let cache = self.cache().for_tenant(tenant);
+        match cache
+            .get_or_load("report:trial-balance", &options, || {
+                ledger::trial_balance(self.db(), tenant)
+            })
+            .await
+        {
+            Ok(tb) => Ok(tb),
+            Err(LoadError::Loader(e)) => Err(e),
+            // The load this call waited for failed or stalled: ask the database itself.
+            Err(_) => Ok(ledger::trial_balance(self.db(), tenant).await?),
+        }
+    }
+
+    /// After an entry of `tenant` is posted: invalidates the tenant's cached trial
+    /// balance (on every instance, through the cache's invalidation), then runs the hook.
+    /// Awaited before the response is sent, so the poster reads its own write.
+    pub async fn entry_posted(&self, tenant: &str) {
+        self.cache()
+            .for_tenant(tenant)
+            .invalidate_tag(TRIAL_BALANCE_TAG)
+            .await;
         if let Some(h) = &self.0.on_posted {
             h(tenant);
         }
@@ -191,8 +254,14 @@ pub fn app(state: AppState) -> Router {
     let config = state.config().clone();
     let resolver = ClientIpResolver::new(config.trusted());
     let security_headers = security_headers(&resolver);
-    let rate_limit =
-        rate_limit_layer(&config).expect("the [rate_limit] table was validated by Config::load");
+    let rate_limit = rate_limit_layer(&config, state.backends().limiter.clone())
+        .expect("the [rate_limit] table was validated by Config::load");
+    let tenants = tenant::layer(state.db().clone()).expect("the tenant strategies are valid");
+    // Cached trial balances, per tenant and user, tagged `trial-balance` (see api.rs).
+    let trial_balance_cache = ResponseCacheLayer::new(state.cache().clone())
+        .identity(identity())
+        .by_principal(true)
+        .ttl(Ttl::Default);
     // The profiler records every request but its own pages; its UI is for admins only
     // (the authentication middleware below has put the `Principal` in the extensions).
     let profiler = ProfilerLayer::new().sample_with(|r| !r.uri().path().starts_with("/_profiler"));
@@ -207,7 +276,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health/live/", get(health::live))
         .route("/health/ready/", get(health::ready))
         .route("/metrics", get(metrics::render))
-        .nest("/api/v1", api::router())
+        .nest("/api/v1", api::router(trial_balance_cache))
         .merge(openapi::router())
         .merge(html::router())
         // CSP violation reports (report-uri and report-to): 204, or a JSON 4xx.
@@ -257,14 +326,15 @@ pub fn app(state: AppState) -> Router {
             //    50/hour per user, health exempt (policies in rampart-erp.toml); after
             //    authentication so per-user policies know the user. 429 JSON.
             .layer(rate_limit)
-            // 5. Tenant: X-Tenant-ID or {tenant}.localhost, must match the user's tenant.
-            //    [library] replace with the tenant layer (same rules, cached store).
-            .layer(middleware::from_fn_with_state(state, tenant::resolve))
+            // 5. Tenant (library TenantLayer): X-Tenant-ID, {tenant}.localhost or the
+            //    user's tenant; must match the user's tenant (403); cached lookups.
+            .layer(tenants)
             // 6. Profiler: per-request records, N+1 findings, Server-Timing; UI at
             //    /_profiler/ for admins only.
             .layer(profiler)
-            // 7. [library] Response cache for GET /api/v1/reports/trial-balance, tag
-            //    `trial-balance:{tenant}` invalidated through `AppState::on_entry_posted`.
+            // 7. Response cache: on GET /api/v1/reports/trial-balance only (a route
+            //    layer in api.rs), keyed by tenant + user, tag `trial-balance` invalidated
+            //    by `AppState::entry_posted` on every instance; ETag/304.
             // 8. Compression (gzip) of everything above the size threshold.
             .layer(CompressionLayer::new())
             // Error responses produced below without a JSON body (405, 408, 413) get one.
@@ -286,14 +356,26 @@ pub fn app(state: AppState) -> Router {
 /// limits, used when the running configuration has none.
 const SHIPPED_CONFIG: &str = include_str!("../rampart-erp.toml");
 
+/// Who the request is for, as the library layers read it: the authenticated
+/// [`auth::Principal`] and the resolved [`tenant::CurrentTenant`].
+pub fn identity() -> IdentityReader {
+    IdentityReader::new()
+        .user::<auth::Principal>()
+        .tenant::<tenant::CurrentTenant>()
+}
+
 /// The rate limiter: the configuration's `[rate_limit]` table, or the shipped one;
 /// client IPs behind `RAMPART_TRUSTED_PROXIES`, users from the authenticated
-/// [`auth::Principal`]. In memory (one instance); Redis-backed limits are for scale-out.
+/// [`auth::Principal`]. In memory without `redis`; with it, one truth shared by every
+/// instance (and the configured failure mode while Redis fails).
 ///
 /// # Errors
 ///
 /// A `[rate_limit]` table that does not describe usable policies.
-pub fn rate_limit_layer(config: &Config) -> Result<RateLimitLayer, ConfigError> {
+pub fn rate_limit_layer(
+    config: &Config,
+    redis: Option<RedisBackend>,
+) -> Result<RateLimitLayer, ConfigError> {
     let table = match &config.layers.rate_limit {
         Some(table) => table.clone(),
         None => {
@@ -308,10 +390,14 @@ pub fn rate_limit_layer(config: &Config) -> Result<RateLimitLayer, ConfigError> 
     let file: RateLimitConfig = table
         .try_into()
         .map_err(|e| ConfigError::new(format!("[rate_limit]: {e}")))?;
-    file.builder()?
+    let mut builder = file
+        .builder()?
         .client_ip(ClientIpResolver::new(config.trusted()))
-        .identity(IdentityReader::new().user::<auth::Principal>())
-        .build()
+        .identity(identity());
+    if let Some(redis) = redis {
+        builder = builder.redis(redis);
+    }
+    builder.build()
 }
 
 /// The security headers: the recommended preset with a strict, nonce-based CSP whose

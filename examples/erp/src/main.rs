@@ -55,7 +55,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     ));
     let db = state.db().clone();
     let listener = tokio::net::TcpListener::bind(bind).await?;
-    tracing::info!(addr = %listener.local_addr()?, "rampart-erp listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        backends = state.backends().kind,
+        "rampart-erp listening"
+    );
     axum::serve(
         listener,
         rampart_erp::app(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -65,7 +65,10 @@ async fn readiness_pings_redis() {
     assert_eq!(res.status, 200, "{}", res.text());
     let v = res.json();
     assert_eq!(v["checks"]["redis"]["status"], "ok");
-    assert_eq!(v["checks"]["redis"]["detail"], "PONG");
+    assert_eq!(
+        v["checks"]["redis"]["detail"],
+        "redis, 1 node(s) answer PING"
+    );
 
     redis.stop();
     let res = t.call(Method::GET, "/health/ready/", None, None).await;
