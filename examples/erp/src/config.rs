@@ -16,6 +16,7 @@
 //! | JWT secret | | `RAMPART_JWT_SECRET` | `auth.jwt_secret` | generated, with a warning |
 //! | demo password | | `RAMPART_DEMO_PASSWORD` | | generated and printed once |
 //! | JSON logs | `--json-logs` | `RAMPART_JSON_LOGS=1` | `logging.json` | off |
+//! | password hashing cost | | `RAMPART_PASSWORD_COST` (`default`, or `fast` for tests only) | | `default` |
 //!
 //! The sections `[rate_limit]`, `[security_headers]`, `[cache]`, `[tenant]` and
 //! `[profiler]` of the TOML file are kept as raw tables in [`LayerSections`] for the
@@ -519,7 +520,15 @@ impl Config {
             body_limit_bytes,
             min_free_disk_bytes: file.health.min_free_disk_mb.unwrap_or(100) * 1024 * 1024,
             secure_cookies: file.server.secure_cookies.unwrap_or(false),
-            password_cost: PasswordCost::Default,
+            password_cost: match env("RAMPART_PASSWORD_COST").as_deref().map(str::trim) {
+                None | Some("default") => PasswordCost::Default,
+                Some("fast") => PasswordCost::Fast,
+                Some(other) => {
+                    return Err(ConfigError::new(format!(
+                        "unknown RAMPART_PASSWORD_COST `{other}`: use default (or fast, for tests only)"
+                    )));
+                }
+            },
             layers: file.layers,
         };
         // An unusable [rate_limit] table is a start-up error, not a request-time one.
@@ -769,6 +778,13 @@ mod tests {
         assert_eq!(c.redis.failure_mode, FailureMode::Closed);
         assert_eq!(c.redis.timeout, Duration::from_millis(20));
         assert_eq!(c.redis.prefix, "erp_2");
+        assert_eq!(
+            load(&[("RAMPART_PASSWORD_COST", "fast")])
+                .unwrap()
+                .password_cost,
+            PasswordCost::Fast
+        );
+        assert!(load(&[("RAMPART_PASSWORD_COST", "cheap")]).is_err());
         let open = load(&[
             ("REDIS_URL", "redis://h"),
             ("RAMPART_REDIS_FAILURE_MODE", "open"),

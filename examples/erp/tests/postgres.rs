@@ -7,58 +7,8 @@
 
 mod common;
 
-use common::TestApp;
+use common::{TempDatabase, TestApp};
 use rampart_erp::{Config, Db};
-use sqlx::{Connection, Executor};
-
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempDatabase {
-    async fn create() -> Option<Self> {
-        let admin_url =
-            std::env::var("RAMPART_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
-        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var("RAMPART_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                    "PostgreSQL is required but unreachable at {admin_url}: {e}"
-                );
-                eprintln!("SKIPPED: PostgreSQL unreachable at {admin_url}: {e}");
-                return None;
-            }
-        };
-        let name = format!("rampart_erp_test_{}", uuid::Uuid::new_v4().simple());
-        conn.execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create database");
-        conn.close().await.ok();
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
-    }
-
-    async fn drop_db(self) {
-        let mut conn = sqlx::PgConnection::connect(&self.admin_url)
-            .await
-            .expect("reconnect");
-        conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-            .await
-            .expect("drop database");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_layer_and_api_on_postgres() {

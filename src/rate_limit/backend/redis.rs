@@ -253,6 +253,9 @@ impl RedisBackend {
     /// (so a dead Redis costs no timeout per request); then Redis is tried again and,
     /// when it answers, used again: recovery needs no restart.
     ///
+    /// On Redis Cluster the interval is kept **per hash slot**: a dead master puts only
+    /// the keys of its slots in the failure mode, the other masters keep deciding.
+    ///
     /// By default, 500 ms.
     pub fn retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
@@ -273,7 +276,11 @@ impl RedisBackend {
         RedisStore {
             backend: self.clone(),
             script: Script::new(SCRIPT),
-            down_until: AtomicU64::new(0),
+            down_until: match self.conn {
+                Conn::Standalone(_) => vec![AtomicU64::new(0)],
+                Conn::Cluster(_) => (0..CLUSTER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            }
+            .into_boxed_slice(),
             fallback,
         }
     }
@@ -309,7 +316,9 @@ impl fmt::Display for BackendError {
 pub(crate) struct RedisStore {
     backend: RedisBackend,
     script: Script,
-    down_until: AtomicU64,
+    /// When Redis may be tried again after a failure (clock microseconds): one entry
+    /// standalone, one per hash slot on Cluster.
+    down_until: Box<[AtomicU64]>,
     pub(crate) fallback: Option<MemoryStore>,
 }
 
@@ -344,29 +353,44 @@ impl RedisStore {
         policy: &Compiled,
         subject: &Subject,
     ) -> Result<Outcome, BackendError> {
+        let keys = self.keys(policy, subject);
+        let down = match self.down_until.len() {
+            1 => &self.down_until[0],
+            _ => &self.down_until[usize::from(key_slot(&keys[0]))],
+        };
         let now = self.backend.clock.now_us();
-        if self.down_until.load(Ordering::Relaxed) > now {
+        if down.load(Ordering::Relaxed) > now {
             return Err(BackendError::Down);
         }
-        let result = self.eval(policy, subject, None).await;
+        let result = self.eval_keys(&keys, policy, None).await;
         if result.is_err() {
             let interval =
                 u64::try_from(self.backend.retry_interval.as_micros()).unwrap_or(u64::MAX / 4);
-            self.down_until.store(now + interval, Ordering::Relaxed);
+            down.store(now + interval, Ordering::Relaxed);
         }
         result
     }
 
     /// Runs the script; `now_us` overrides the server time (tests of equivalence).
+    #[cfg(test)]
     pub(crate) async fn eval(
         &self,
         policy: &Compiled,
         subject: &Subject,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
-        let keys = self.keys(policy, subject);
+        self.eval_keys(&self.keys(policy, subject), policy, now_us)
+            .await
+    }
+
+    async fn eval_keys(
+        &self,
+        keys: &[String],
+        policy: &Compiled,
+        now_us: Option<u64>,
+    ) -> Result<Outcome, BackendError> {
         let mut inv = self.script.prepare_invoke();
-        for k in &keys {
+        for k in keys {
             inv.key(k);
         }
         inv.arg(policy.cost);
@@ -394,6 +418,35 @@ impl RedisStore {
             )))
         })
     }
+}
+
+/// The number of Redis Cluster hash slots.
+const CLUSTER_SLOTS: usize = 16_384;
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag — the part
+/// between the first `{` and the next `}` when not empty — or of the whole key, mod 16384.
+pub(crate) fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            };
+        }
+    }
+    // CLUSTER_SLOTS is a power of two below u16::MAX.
+    crc & 0x3fff
 }
 
 fn parse_reply(values: &[i64], windows: usize) -> Option<Outcome> {

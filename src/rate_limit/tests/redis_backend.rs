@@ -386,3 +386,67 @@ async fn policies_work_on_a_three_master_cluster() {
     assert!(nodes_with_keys >= 2, "keys on {nodes_with_keys} masters");
     assert!(format!("{layer:?}").contains("cluster"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_cluster_master_only_affects_the_keys_of_its_slots() {
+    let mut cluster = RedisCluster::start();
+    let layer = one_policy(Quota::per_minute(1000))
+        .redis(
+            RedisBackend::cluster(cluster.urls())
+                .await
+                .unwrap()
+                .timeout(Duration::from_millis(300))
+                .failure_mode(FailureMode::Closed),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let peers: Vec<String> = (0..24).map(|i| format!("198.51.100.{i}:1")).collect();
+    for peer in &peers {
+        assert_eq!(status(&mut svc, get("/", peer)).await, 200);
+    }
+    // Which master holds each client's key (`{…:198.51.100.i}:0`).
+    let dead_port = cluster.ports()[0];
+    let mut con = raw(&cluster.urls()[0]).await;
+    let on_dead: Vec<String> = con.keys("*").await.unwrap();
+    let on_dead = |peer: &str| {
+        let ip = peer.trim_end_matches(":1");
+        on_dead.iter().any(|k| k.contains(&format!(":{ip}}}")))
+    };
+    let dead = peers.iter().filter(|p| on_dead(p)).count();
+    assert!(
+        dead > 0 && dead < peers.len(),
+        "{dead} of {} keys on :{dead_port}",
+        peers.len()
+    );
+
+    cluster.stop_node(0);
+    // Twice over, interleaved: a failure on the dead master's slots must not put the
+    // other masters' keys into the failure mode (the retry interval is per slot).
+    for round in 0..2 {
+        for peer in &peers {
+            let expected = if on_dead(peer) { 503 } else { 200 };
+            assert_eq!(
+                status(&mut svc, get("/", peer)).await,
+                expected,
+                "round {round}, {peer}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cluster_slots_match_redis() {
+    use crate::rate_limit::backend::redis::key_slot;
+    // Values from `CLUSTER KEYSLOT` and the Redis Cluster specification.
+    assert_eq!(key_slot("123456789"), 0x31c3);
+    assert_eq!(key_slot("foo"), 12182);
+    assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+    assert_eq!(key_slot("{}.x"), key_slot("{}.x"));
+    assert_ne!(
+        key_slot("{}.x"),
+        key_slot(""),
+        "an empty tag hashes the whole key"
+    );
+    assert_eq!(key_slot("a{b}c{d}"), key_slot("b"));
+}
