@@ -66,6 +66,7 @@ fn page(title: &str, body: &str, nonce: Option<&str>) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · rampart-erp</title>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"referrer\" content=\"same-origin\">\
          <style{}>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}}\
          table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.25rem .5rem}}\
          td.n{{text-align:right}}.error{{color:#b00}}</style></head><body>{body}</body></html>",
