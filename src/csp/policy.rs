@@ -280,7 +280,7 @@ impl Csp {
     /// 'self'`, `font-src 'self' https: data:`, `form-action 'self'`, `frame-ancestors
     /// 'self'`, `img-src 'self' data:`, `object-src 'none'`, `script-src 'self'`,
     /// `script-src-attr 'none'`, `style-src 'self' https: 'unsafe-inline'`,
-    /// `upgrade-insecure-requests`.
+    /// `upgrade-insecure-requests` (see [`strict`](Self::strict) about plain HTTP).
     pub fn recommended() -> Self {
         Self::new()
             .default_src([Source::SelfOrigin])
@@ -308,6 +308,11 @@ impl Csp {
     /// `default-src 'self'`, `base-uri 'none'`, `form-action 'self'`, `frame-ancestors
     /// 'none'`, `object-src 'none'`, `script-src 'nonce-…' 'strict-dynamic'`, `style-src
     /// 'self' 'nonce-…'`, `upgrade-insecure-requests`.
+    ///
+    /// Served over plain HTTP from a host other than `localhost`/`127.0.0.1`,
+    /// `upgrade-insecure-requests` makes browsers rewrite the page's own form posts and
+    /// fetches to `https://`, which then fail: remove it with
+    /// `.remove(Directive::UpgradeInsecureRequests)` for deployments without HTTPS.
     pub fn strict() -> Self {
         Self::new()
             .default_src([Source::SelfOrigin])

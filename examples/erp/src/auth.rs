@@ -304,10 +304,16 @@ pub fn session_cookie(token: Option<&str>, max_age: u64, secure: bool) -> Header
 
 /// Whether a request comes from the server's own origin, as far as the browser says:
 /// `Origin` (when present) must name the `Host`; without `Origin`, `Sec-Fetch-Site`
-/// (when present) must be `same-origin` or `none`. Requests with neither header are
-/// not from a browser page and pass.
+/// (when present) must be `same-origin` or `none`; `Origin: null` is judged by
+/// `Sec-Fetch-Site` alone (refused without it). Requests with neither header are not
+/// from a browser page and pass.
 pub fn same_origin(headers: &HeaderMap) -> bool {
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    // `Origin: null` is what a browser sends when it may not say (an opaque origin,
+    // or a `no-referrer` policy on some requests): then only `Sec-Fetch-Site` can tell.
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .filter(|o| o.as_bytes() != b"null")
+    {
         let Ok(origin) = origin.to_str() else {
             return false;
         };
@@ -321,7 +327,8 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     }
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         Some(site) => matches!(site, "same-origin" | "none"),
-        None => true,
+        // A null origin the browser does not explain is refused.
+        None => !headers.contains_key(header::ORIGIN),
     }
 }
 
@@ -460,6 +467,16 @@ mod tests {
             ("origin", "http://evil.example")
         ])));
         assert!(!same_origin(&headers(&[("origin", "http://x")])));
+        assert!(!same_origin(&headers(&[
+            ("host", "x"),
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(same_origin(&headers(&[
+            ("host", "x"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin")
+        ])));
         assert!(!same_origin(&headers(&[("host", "x"), ("origin", "null")])));
         assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
         assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));

@@ -36,7 +36,7 @@ use tower_http::{
 use tower_rampart::{
     cache::{CacheOptions, LoadError, ResponseCacheLayer, Ttl},
     client_ip::ClientIpResolver,
-    csp::{Csp, ReportReceiver, Source},
+    csp::{Csp, Directive, ReportReceiver, Source},
     error::ConfigError,
     identity::IdentityReader,
     profiler::{ProfilerLayer, ProfilerUi},
@@ -253,7 +253,7 @@ pub const API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version"
 pub fn app(state: AppState) -> Router {
     let config = state.config().clone();
     let resolver = ClientIpResolver::new(config.trusted());
-    let security_headers = security_headers(&resolver);
+    let security_headers = security_headers(&resolver, config.secure_cookies);
     let rate_limit = rate_limit_layer(&config, state.backends().limiter.clone())
         .expect("the [rate_limit] table was validated by Config::load");
     let tenants = tenant::layer(state.db().clone()).expect("the tenant strategies are valid");
@@ -403,7 +403,11 @@ pub fn rate_limit_layer(
 /// The security headers: the recommended preset with a strict, nonce-based CSP whose
 /// violations are reported to `/csp-report/`; the API docs pages (Swagger UI, ReDoc) load
 /// their own scripts and styles from this server, so they get a `'self'` policy instead.
-fn security_headers(resolver: &ClientIpResolver) -> SecurityHeadersLayer {
+///
+/// `upgrade-insecure-requests` is sent only when the server is deployed behind HTTPS
+/// (`server.secure_cookies`): over plain HTTP on a non-loopback host, browsers would
+/// upgrade the login form's POST to `https://` and break it.
+fn security_headers(resolver: &ClientIpResolver, behind_https: bool) -> SecurityHeadersLayer {
     let docs_csp = Csp::new()
         .default_src([Source::SelfOrigin])
         .script_src([Source::SelfOrigin])
@@ -413,6 +417,7 @@ fn security_headers(resolver: &ClientIpResolver) -> SecurityHeadersLayer {
         .object_src([Source::None])
         .frame_ancestors([Source::None])
         .report_uri("/csp-report/");
+    let strict = Csp::strict().report_uri("/csp-report/").report_to("csp");
     let docs = || {
         SecurityHeadersLayer::recommended()
             .client_ip_resolver(resolver.clone())
@@ -420,7 +425,11 @@ fn security_headers(resolver: &ClientIpResolver) -> SecurityHeadersLayer {
     };
     SecurityHeadersLayer::recommended()
         .client_ip_resolver(resolver.clone())
-        .csp(Csp::strict().report_uri("/csp-report/").report_to("csp"))
+        .csp(if behind_https {
+            strict
+        } else {
+            strict.remove(Directive::UpgradeInsecureRequests)
+        })
         .reporting_endpoint("csp", "/csp-report/")
         .route("/api/docs", docs())
         .route("/api/redoc", docs())

@@ -31,8 +31,22 @@ async fn every_response_carries_the_recommended_headers() {
         );
         let csp = h["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("report-uri /csp-report/"), "{csp}");
+        assert!(
+            !csp.contains("upgrade-insecure-requests"),
+            "plain HTTP deployment: no upgrade ({csp})"
+        );
         assert!(h["reporting-endpoints"].to_str().unwrap().contains("csp="));
     }
+}
+
+#[tokio::test]
+async fn behind_https_the_csp_upgrades_insecure_requests() {
+    let mut config = rampart_erp::Config::for_tests("sqlite::memory:");
+    config.secure_cookies = true;
+    let t = TestApp::with_config(config).await;
+    let res = t.send(get("/accounts/login/")).await;
+    let csp = res.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("upgrade-insecure-requests"), "{csp}");
 }
 
 #[tokio::test]
