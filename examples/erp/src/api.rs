@@ -34,7 +34,7 @@ pub const VERSION: &str = "1";
 /// `trial_balance_cache` wraps `GET /reports/trial-balance` only: the report is the one
 /// expensive read, and its responses carry the [`TRIAL_BALANCE_TAG`] that posting an
 /// entry invalidates. Other reads are not cached (they would go stale until their TTL).
-pub fn router(trial_balance_cache: ResponseCacheLayer) -> Router<AppState> {
+pub fn router(trial_balance_cache: Option<ResponseCacheLayer>) -> Router<AppState> {
     Router::new()
         .route("/auth/token", post(token))
         .route("/users/me", get(me))
@@ -45,7 +45,10 @@ pub fn router(trial_balance_cache: ResponseCacheLayer) -> Router<AppState> {
         .route("/journal-entries/{id}/reverse", post(reverse_entry))
         .route(
             "/reports/trial-balance",
-            get(trial_balance).layer(trial_balance_cache),
+            match trial_balance_cache {
+                Some(cache) => get(trial_balance).layer(cache),
+                None => get(trial_balance),
+            },
         )
         .fallback(not_found)
 }

@@ -246,24 +246,85 @@ impl AppState {
 /// The `API-Version` response header.
 pub const API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version");
 
-/// Builds the ERP router with its layer stack.
+/// Which layers [`app_with`] puts around the routes. [`Stack::FULL`] is what [`app`]
+/// serves; the others exist to measure what each layer costs (`benches/load.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct Stack {
+    /// Request id, trace, panic → JSON 500, metrics, `API-Version`, compression, JSON
+    /// for bodiless errors, body-size limit, timeout.
+    pub plumbing: bool,
+    /// Security headers + CSP with a per-request nonce.
+    pub security_headers: bool,
+    /// The rate limiter.
+    pub rate_limit: bool,
+    /// The tenant layer (without it, handlers still scope every query by the user's
+    /// tenant; only `X-Tenant-ID` / subdomain checks are skipped).
+    pub tenant: bool,
+    /// The profiler (its UI is mounted either way).
+    pub profiler: bool,
+    /// The response cache on the trial balance.
+    pub response_cache: bool,
+}
+
+impl Stack {
+    /// Every layer: the server as shipped.
+    pub const FULL: Self = Self {
+        plumbing: true,
+        security_headers: true,
+        rate_limit: true,
+        tenant: true,
+        profiler: true,
+        response_cache: true,
+    };
+
+    /// The routes with authentication only (handlers need the user): the anchor of the
+    /// load benchmark.
+    pub const BARE: Self = Self {
+        plumbing: false,
+        security_headers: false,
+        rate_limit: false,
+        tenant: false,
+        profiler: false,
+        response_cache: false,
+    };
+}
+
+/// Builds the ERP router with its whole layer stack ([`Stack::FULL`]).
 ///
-/// The stack is declared once, outermost first. Slots marked `[library]` are where the
-/// tower-rampart layers go as they land; everything else is in place.
+/// From the outside in, a request meets:
+///
+/// 1. request id (set and propagated), 2. trace span, panic → JSON 500, metrics,
+///    `API-Version`;
+/// 3. security headers + CSP nonce;
+/// 4. authentication (this crate), then the rate limiter;
+/// 5. tenant; 6. profiler;
+/// 7. the response cache (a route layer on the trial balance, in [`api::router`]);
+/// 8. compression, JSON for bodiless errors, 9. body-size limit, 10. timeout;
+///
+/// then the router.
 pub fn app(state: AppState) -> Router {
+    app_with(state, Stack::FULL)
+}
+
+/// Builds the ERP router with the layers of `stack` (see [`app`] for the order).
+///
+/// # Panics
+///
+/// Never for a configuration that `Config::load` accepted (the rate-limit table is
+/// validated there; the other layers' settings are constants).
+pub fn app_with(state: AppState, stack: Stack) -> Router {
     let config = state.config().clone();
     let resolver = ClientIpResolver::new(config.trusted());
-    let security_headers = security_headers(&resolver, config.secure_cookies);
-    let rate_limit = rate_limit_layer(&config, state.backends().limiter.clone())
-        .expect("the [rate_limit] table was validated by Config::load");
-    let tenants = tenant::layer(state.db().clone()).expect("the tenant strategies are valid");
     // Cached trial balances, per tenant and user, tagged `trial-balance` (see api.rs).
-    let trial_balance_cache = ResponseCacheLayer::new(state.cache().clone())
-        .identity(identity())
-        .by_principal(true)
-        .ttl(Ttl::Default);
+    let trial_balance_cache = stack.response_cache.then(|| {
+        ResponseCacheLayer::new(state.cache().clone())
+            .identity(identity())
+            .by_principal(true)
+            .ttl(Ttl::Default)
+    });
     // The profiler records every request but its own pages; its UI is for admins only
-    // (the authentication middleware below has put the `Principal` in the extensions).
+    // (the authentication middleware has put the `Principal` in the extensions).
     let profiler = ProfilerLayer::new().sample_with(|r| !r.uri().path().starts_with("/_profiler"));
     let profiler_ui = ProfilerUi::new(profiler.store()).authorize(|parts| {
         parts
@@ -271,7 +332,7 @@ pub fn app(state: AppState) -> Router {
             .get::<auth::Principal>()
             .is_some_and(|p| p.role == auth::Role::Admin)
     });
-    let routes = Router::new()
+    let mut router = Router::new()
         .route("/health/", get(health::health))
         .route("/health/live/", get(health::live))
         .route("/health/ready/", get(health::ready))
@@ -288,68 +349,87 @@ pub fn app(state: AppState) -> Router {
     // Make sure the recorder exists before the first request records anything.
     let _ = metrics::handle();
 
-    routes.layer(
-        ServiceBuilder::new()
-            // 1. Request id: first, so every log line and every layer below sees it,
-            //    and the response carries it back (`x-request-id`).
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            // 2. Trace: one span per request with the request id and the client address
-            //    (forwarding headers believed from RAMPART_TRUSTED_PROXIES only).
-            .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let client = resolver
-                    .resolve(req)
-                    .map_or_else(String::new, |c| c.addr().to_string());
-                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id, client_ip = %client)
-            }))
-            // A panic anywhere below becomes a JSON 500 instead of a dropped connection.
-            .layer(CatchPanicLayer::custom(panic_response))
-            // Request counters and latency histograms for /metrics.
-            .layer(middleware::from_fn(metrics::track))
-            // `API-Version: 1` on every /api/v1/ response, errors of outer layers included.
-            .layer(middleware::from_fn(api_version))
-            // 3. Security headers + CSP with a per-request nonce (`html::CspNonce`, read
-            //    by the dashboard); HSTS only over HTTPS as said by a trusted proxy.
-            .layer(security_headers)
-            // Authentication (this crate): before the rate limiter and the tenant layer,
-            // which read the user through `tower_rampart::identity::UserIdentity`.
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ))
-            // 4. Rate limit: API 100/hour per user, login 5/minute per client IP, admin
-            //    50/hour per user, health exempt (policies in rampart-erp.toml); after
-            //    authentication so per-user policies know the user. 429 JSON.
-            .layer(rate_limit)
-            // 5. Tenant (library TenantLayer): X-Tenant-ID, {tenant}.localhost or the
-            //    user's tenant; must match the user's tenant (403); cached lookups.
-            .layer(tenants)
-            // 6. Profiler: per-request records, N+1 findings, Server-Timing; UI at
-            //    /_profiler/ for admins only.
-            .layer(profiler)
-            // 7. Response cache: on GET /api/v1/reports/trial-balance only (a route
-            //    layer in api.rs), keyed by tenant + user, tag `trial-balance` invalidated
-            //    by `AppState::entry_posted` on every instance; ETag/304.
-            // 8. Compression (gzip) of everything above the size threshold.
-            .layer(CompressionLayer::new())
-            // Error responses produced below without a JSON body (405, 408, 413) get one.
-            .layer(middleware::map_response(
-                error::jsonify::<tower_http::limit::ResponseBody<axum::body::Body>>,
-            ))
-            // 9. Body-size limit: 413 before a large body is read (above the timeout, whose
-            //    408 needs a body type with a default).
-            .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
-            // 10. Timeout of the whole request.
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                config.request_timeout,
-            )),
-    )
+    // The layers, innermost first (each `Router::layer` wraps everything added before).
+    if stack.plumbing {
+        router = router.layer(
+            ServiceBuilder::new()
+                // 8. Compression (gzip) of everything above the size threshold.
+                .layer(CompressionLayer::new())
+                // Error responses produced below without a JSON body (405, 408, 413)
+                // get one.
+                .layer(middleware::map_response(
+                    error::jsonify::<tower_http::limit::ResponseBody<axum::body::Body>>,
+                ))
+                // 9. Body-size limit: 413 before a large body is read (above the
+                //    timeout, whose 408 needs a body type with a default).
+                .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+                // 10. Timeout of the whole request.
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    config.request_timeout,
+                )),
+        );
+    }
+    if stack.profiler {
+        // 6. Profiler: per-request records, N+1 findings, Server-Timing; UI at
+        //    /_profiler/ for admins only.
+        router = router.layer(profiler);
+    }
+    if stack.tenant {
+        // 5. Tenant (library TenantLayer): X-Tenant-ID, {tenant}.localhost or the user's
+        //    tenant; must match the user's tenant (403); cached lookups.
+        router = router.layer(tenant::layer(state.db().clone()).expect("constant strategies"));
+    }
+    if stack.rate_limit {
+        // 4b. Rate limit: API 100/hour per user, login 5/minute per client IP, admin
+        //     50/hour per user, health exempt (policies in rampart-erp.toml); after
+        //     authentication so per-user policies know the user. 429 JSON. In Redis when
+        //     REDIS_URL is set (one truth for every instance).
+        router = router.layer(
+            rate_limit_layer(&config, state.backends().limiter.clone())
+                .expect("the [rate_limit] table was validated by Config::load"),
+        );
+    }
+    // 4a. Authentication (this crate): before the rate limiter and the tenant layer,
+    //     which read the user through `tower_rampart::identity::UserIdentity`.
+    router = router.layer(middleware::from_fn_with_state(state, auth::authenticate));
+    if stack.security_headers {
+        // 3. Security headers + CSP with a per-request nonce (`html::CspNonce`, read by
+        //    the dashboard); HSTS only over HTTPS as said by a trusted proxy.
+        router = router.layer(security_headers(&resolver, config.secure_cookies));
+    }
+    if stack.plumbing {
+        router = router.layer(
+            ServiceBuilder::new()
+                // 1. Request id: first, so every log line and every layer below sees
+                //    it, and the response carries it back (`x-request-id`).
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                // 2. Trace: one span per request with the request id and the client
+                //    address (forwarding headers believed from RAMPART_TRUSTED_PROXIES
+                //    only).
+                .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let client = resolver
+                        .resolve(req)
+                        .map_or_else(String::new, |c| c.addr().to_string());
+                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id, client_ip = %client)
+                }))
+                // A panic anywhere below becomes a JSON 500 instead of a dropped
+                // connection.
+                .layer(CatchPanicLayer::custom(panic_response))
+                // Request counters and latency histograms for /metrics.
+                .layer(middleware::from_fn(metrics::track))
+                // `API-Version: 1` on every /api/v1/ response, errors of outer layers
+                // included.
+                .layer(middleware::from_fn(api_version)),
+        );
+    }
+    router
 }
 
 /// The shipped configuration file; its `[rate_limit]` table holds the origin ERP's

@@ -9,6 +9,7 @@ use axum::{
 };
 use common::TestApp;
 use serde_json::json;
+use tower::ServiceExt;
 
 fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
@@ -200,4 +201,46 @@ fn a_broken_rate_limit_table_is_a_startup_error() {
     let err = rampart_erp::Config::load(&cli, |_| None).unwrap_err();
     let _ = std::fs::remove_file(cli.config.as_ref().unwrap());
     assert!(err.to_string().contains("rate"), "{err}");
+}
+
+#[tokio::test]
+async fn the_bare_stack_has_no_library_layers_and_the_full_one_has_them_all() {
+    let t = TestApp::sqlite().await;
+    let tok = t.token("acme", "user").await;
+    let req = || {
+        Request::get("/api/v1/reports/trial-balance")
+            .header("authorization", format!("Bearer {tok}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let bare = rampart_erp::app_with(t.state.clone(), rampart_erp::Stack::BARE)
+        .oneshot(req())
+        .await
+        .unwrap();
+    assert_eq!(
+        bare.status(),
+        200,
+        "handlers work with authentication alone"
+    );
+    for name in [
+        "content-security-policy",
+        "ratelimit-policy",
+        "server-timing",
+        "etag",
+        "x-request-id",
+        "api-version",
+    ] {
+        assert!(!bare.headers().contains_key(name), "bare has {name}");
+    }
+    let full = t.send(req()).await;
+    for name in [
+        "content-security-policy",
+        "ratelimit-policy",
+        "server-timing",
+        "etag",
+        "x-request-id",
+        "api-version",
+    ] {
+        assert!(full.headers.contains_key(name), "full lacks {name}");
+    }
 }
