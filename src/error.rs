@@ -124,6 +124,32 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Hides the password of a URL (`redis://user:secret@host/0` →
+/// `redis://user:***@host/0`), for messages and logs; other strings are returned as they
+/// are. The crate's own [`ConfigError`]s name URLs this way.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::error::redact_url;
+///
+/// assert_eq!(redact_url("redis://:hunter2@10.0.0.5:6379/0"), "redis://:***@10.0.0.5:6379/0");
+/// assert_eq!(redact_url("postgres://app:pw@db/erp"), "postgres://app:***@db/erp");
+/// assert_eq!(redact_url("redis://10.0.0.5"), "redis://10.0.0.5");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -702,6 +702,84 @@ impl<C: Codec> Cache<C> {
     }
 }
 
+/// What a read saw of some tags: a later write of a value computed after the read is
+/// stored with these versions, so an invalidation in between makes it born stale (a
+/// miss) instead of fresh. Used by the response cache for its declared tags.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    tags: Vec<String>,
+    versions: Vec<u64>,
+    epoch: Option<u64>,
+}
+
+impl<C: Codec> Cache<C> {
+    /// [`get`](Self::get), also reading the current versions of `tags`.
+    pub(crate) async fn get_with_snapshot<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        tags: &[String],
+        ttl: super::Ttl,
+    ) -> (Option<T>, Snapshot) {
+        let loc = self.loc(key);
+        let escaped: Vec<String> = tags.iter().map(|t| escape_part(t)).collect();
+        let want: Vec<&str> = escaped.iter().map(String::as_str).collect();
+        let fetched = self
+            .shared
+            .store
+            .get(&loc, &want, self.shared.ttl.resolve(ttl))
+            .await;
+        let value = match &fetched.body {
+            Some(body) => self.decode(&loc, body).await,
+            None => None,
+        };
+        let versions = if fetched.versions.len() == escaped.len() {
+            fetched.versions
+        } else {
+            Vec::new()
+        };
+        let snapshot = Snapshot {
+            tags: escaped,
+            versions,
+            epoch: Some(fetched.epoch),
+        };
+        (value, snapshot)
+    }
+
+    /// [`set`](Self::set) of a value computed after `snapshot` was read: its tags that
+    /// the snapshot covers keep the versions read then.
+    pub(crate) async fn set_after<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        options: &CacheOptions,
+        snapshot: &Snapshot,
+    ) -> bool {
+        let Some(body) = self.encode(value) else {
+            return false;
+        };
+        let loc = self.loc(key);
+        let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
+        let put = Put {
+            loc: &loc,
+            tags: tags
+                .iter()
+                .map(|t| {
+                    let seen = snapshot
+                        .tags
+                        .iter()
+                        .position(|s| s == t)
+                        .and_then(|i| snapshot.versions.get(i).copied());
+                    (t.as_str(), seen)
+                })
+                .collect(),
+            body,
+            ttl: self.shared.ttl.resolve(options.ttl_tier()),
+            epoch: snapshot.epoch,
+        };
+        self.shared.store.put(put).await
+    }
+}
+
 #[cfg(all(test, feature = "redis"))]
 impl<C> Cache<C> {
     /// Loads in flight (tests).

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Cache, CacheOptions, Codec, Postcard, Ttl};
+use super::{Cache, CacheOptions, Codec, Postcard, Ttl, cache::Snapshot};
 use crate::{
     body::ResponseBody,
     error::JsonError,
@@ -135,6 +135,7 @@ struct Config<C> {
     max_entry_bytes: usize,
     vary: Vec<HeaderName>,
     by_principal: bool,
+    tags: Vec<String>,
 }
 
 impl<C: Codec> ResponseCacheLayer<C> {
@@ -152,6 +153,7 @@ impl<C: Codec> ResponseCacheLayer<C> {
                     header::ACCEPT_LANGUAGE,
                 ],
                 by_principal: false,
+                tags: Vec::new(),
             }),
         }
     }
@@ -164,6 +166,7 @@ impl<C: Codec> ResponseCacheLayer<C> {
             max_entry_bytes: shared.max_entry_bytes,
             vary: shared.vary.clone(),
             by_principal: shared.by_principal,
+            tags: shared.tags.clone(),
         });
         f(&mut config);
         Self {
@@ -205,6 +208,32 @@ impl<C: Codec> ResponseCacheLayer<C> {
     /// still never cached). By default, `false`: authenticated requests are never cached.
     pub fn by_principal(self, enabled: bool) -> Self {
         self.edit(|c| c.by_principal = enabled)
+    }
+
+    /// Declares the [`CacheTags`] the responses may carry, making their invalidation
+    /// **race-free**: the tags' versions are read with the lookup, before the inner
+    /// service runs, and the response is stored with them. A response computed from data
+    /// read before a concurrent `invalidate_tag` is then stored already stale (the next
+    /// request misses) instead of fresh until its TTL.
+    ///
+    /// Undeclared tags still work, versioned when the response is stored: an
+    /// invalidation that lands while the inner service runs can then be lost for that
+    /// one entry. By default, none declared.
+    ///
+    /// ```
+    /// use tower_rampart::cache::{Cache, MemoryBackend, ResponseCacheLayer};
+    ///
+    /// let cache = Cache::builder().build(MemoryBackend::new(1 << 20)).unwrap();
+    /// let layer = ResponseCacheLayer::new(cache).tags(["trial-balance"]);
+    /// # let _ = layer;
+    /// ```
+    pub fn tags<I>(self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        self.edit(|c| c.tags = tags)
     }
 }
 
@@ -438,7 +467,14 @@ where
             let head = req.method() == Method::HEAD;
             let req_headers = req.headers().clone();
             let skip_lookup = has_directive(req.headers(), &header::CACHE_CONTROL, &["no-cache"]);
-            if !skip_lookup && let Some(stored) = cache.get::<Stored>(&key).await {
+            let (found, snapshot) = if skip_lookup && config.tags.is_empty() {
+                (None, Snapshot::default())
+            } else {
+                cache
+                    .get_with_snapshot::<Stored>(&key, &config.tags, config.ttl)
+                    .await
+            };
+            if !skip_lookup && let Some(stored) = found {
                 return Ok(replay(stored, &req_headers, head));
             }
             let res = inner.call(req).await?;
@@ -485,7 +521,7 @@ where
                 etag: etag.clone(),
             };
             let options = CacheOptions::new().ttl(config.ttl).with_tags(tags.tags());
-            cache.set(&key, &stored, &options).await;
+            cache.set_after(&key, &stored, &options, &snapshot).await;
             if etag_matches(&req_headers, &etag) {
                 let mut res = Response::from_parts(parts, ResponseBody::empty());
                 *res.status_mut() = StatusCode::NOT_MODIFIED;

@@ -1088,3 +1088,65 @@ async fn response_cache_tags_and_tenants() {
         "other tenant untouched"
     );
 }
+
+#[tokio::test]
+async fn response_cache_declared_tags_close_the_invalidation_race() {
+    use tokio::sync::Notify;
+    for declared in [false, true] {
+        let cache = memory();
+        // The "database", read by the handler before it answers.
+        let data = Arc::new(AtomicUsize::new(1));
+        let entered = Arc::new(Notify::new());
+        let gate = Arc::new(Notify::new());
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let handler = {
+            let (data, entered, gate, first) =
+                (data.clone(), entered.clone(), gate.clone(), first.clone());
+            service_fn(move |_req: Request<()>| {
+                let (data, entered, gate, first) =
+                    (data.clone(), entered.clone(), gate.clone(), first.clone());
+                async move {
+                    let value = data.load(Ordering::SeqCst);
+                    if first.swap(false, Ordering::SeqCst) {
+                        // Read done; the response is not cached yet.
+                        entered.notify_one();
+                        gate.notified().await;
+                    }
+                    let mut res = Response::new(Full::new(Bytes::from(value.to_string())));
+                    res.extensions_mut().insert(CacheTags::new(["report"]));
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        };
+        let layer = ResponseCacheLayer::new(cache.clone());
+        let layer = if declared {
+            layer.tags(["report"])
+        } else {
+            layer
+        };
+        let svc = layer.layer(handler);
+        let get = || Request::get("/report").body(()).unwrap();
+        let text = |res: Response<crate::body::ResponseBody<Full<Bytes>>>| async move {
+            String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        };
+
+        let slow = tokio::spawn(svc.clone().oneshot(get()));
+        entered.notified().await;
+        // A write and its invalidation land while the first request is in the handler.
+        data.store(2, Ordering::SeqCst);
+        cache.invalidate_tag("report").await;
+        gate.notify_one();
+        assert_eq!(text(slow.await.unwrap().unwrap()).await, "1");
+
+        let next = text(svc.clone().oneshot(get()).await.unwrap()).await;
+        if declared {
+            assert_eq!(
+                next, "2",
+                "declared tags: the racing response was stored stale"
+            );
+        } else {
+            // The documented limit of undeclared tags: versioned when stored.
+            assert_eq!(next, "1");
+        }
+    }
+}

@@ -58,14 +58,16 @@ fn require_redis() {
 /// Picks a port that is free now (and whose cluster-bus port, +10000, is free too).
 ///
 /// Ports are handed out from a per-process counter so parallel tests in one process never
-/// race for the same port, and checked by binding so other processes are avoided.
+/// race for the same port, and checked by binding so other processes are avoided. Both
+/// the port and its bus port stay below Linux's ephemeral range (32768+), so a port
+/// checked free here cannot be taken meanwhile by an outgoing connection.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + u16::try_from(std::process::id() % 2_000).unwrap_or(0) * 10;
-    for _ in 0..20_000 {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+    let base = 10_000 + u16::try_from(std::process::id() % 1_200).unwrap_or(0) * 10;
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
         let port = base.wrapping_add(offset);
-        if !(20_000..45_000).contains(&port) {
+        if !(10_000..22_000).contains(&port) {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -74,7 +76,7 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no free loopback port found in 20000..45000");
+    panic!("no free loopback port found in 10000..22000");
 }
 
 /// A private `redis-server` process on a loopback port.

@@ -279,6 +279,8 @@ pub async fn create_account(
     JsonBody { value: new, .. }: JsonBody<NewAccount>,
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
     let account = ledger::create_account(state.db(), &p.tenant, &new).await?;
+    // The trial balance lists every account.
+    state.invalidate_reports(&p.tenant).await;
     Ok((StatusCode::CREATED, Json(account)))
 }
 

@@ -86,19 +86,8 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Hides the password of a URL such as `postgres://user:secret@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+/// Hides the password of a URL such as `postgres://user:secret@host/db` (the library's).
+pub use tower_rampart::error::redact_url;
 
 /// How expensive new password hashes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
+use tower_rampart::rate_limit::FailureMode;
+
 use crate::AppState;
 
 /// How long one readiness check may take.
@@ -32,7 +34,8 @@ pub async fn live() -> Json<Value> {
 /// The result of one readiness check.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Check {
-    /// `ok` or `fail`.
+    /// `ok`, `fail`, or `degraded` (Redis down while the limiter has a failure mode
+    /// that keeps serving: readiness stays 200).
     pub status: &'static str,
     /// How long the check took, in milliseconds.
     pub latency_ms: f64,
@@ -128,16 +131,32 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             Err(format!("only {free} bytes free, minimum is {min}"))
         }
     });
-    let (database, redis, disk) = tokio::join!(database, redis, disk);
+    let (database, mut redis, disk) = tokio::join!(database, redis, disk);
+    // Redis down is fatal only when the limiter refuses requests without it (`closed`):
+    // otherwise the instance still serves (limiter in its failure mode, cache misses), and
+    // failing readiness would drain every instance of the fleet at once.
+    let closed = state.config().redis.failure_mode == FailureMode::Closed;
+    if let Some(c) = redis.as_mut()
+        && c.status == "fail"
+        && !closed
+    {
+        c.status = "degraded";
+        c.detail = Some(format!(
+            "{}; serving without Redis: the rate limiter applies its failure mode, the cache misses",
+            c.detail.as_deref().unwrap_or("unreachable")
+        ));
+    }
     let mut checks = serde_json::Map::new();
     let mut ok = true;
+    let mut degraded = false;
     for (name, check) in [
         ("database", Some(database)),
         ("redis", redis),
         ("disk", Some(disk)),
     ] {
         if let Some(c) = check {
-            ok &= c.status == "ok";
+            ok &= c.status != "fail";
+            degraded |= c.status == "degraded";
             checks.insert(
                 name.to_owned(),
                 serde_json::to_value(&c).unwrap_or(Value::Null),
@@ -151,7 +170,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({"status": if ok { "ok" } else { "fail" }, "checks": checks})),
+        Json(json!({
+            "status": match (ok, degraded) {
+                (false, _) => "fail",
+                (true, true) => "degraded",
+                (true, false) => "ok",
+            },
+            "checks": checks
+        })),
     )
 }
 

@@ -229,17 +229,24 @@ impl AppState {
         }
     }
 
-    /// After an entry of `tenant` is posted: invalidates the tenant's cached trial
-    /// balance (on every instance, through the cache's invalidation), then runs the hook.
-    /// Awaited before the response is sent, so the poster reads its own write.
+    /// After an entry of `tenant` is posted: invalidates the tenant's cached reports,
+    /// then runs the hook. Awaited before the response is sent, so the poster reads its
+    /// own write.
     pub async fn entry_posted(&self, tenant: &str) {
+        self.invalidate_reports(tenant).await;
+        if let Some(h) = &self.0.on_posted {
+            h(tenant);
+        }
+    }
+
+    /// Invalidates the tenant's cached trial balance (on every instance, through the
+    /// cache's invalidation): after anything the report shows changes (an entry, an
+    /// account).
+    pub async fn invalidate_reports(&self, tenant: &str) {
         self.cache()
             .for_tenant(tenant)
             .invalidate_tag(TRIAL_BALANCE_TAG)
             .await;
-        if let Some(h) = &self.0.on_posted {
-            h(tenant);
-        }
     }
 }
 
@@ -263,7 +270,8 @@ pub struct Stack {
     pub tenant: bool,
     /// The profiler (its UI is mounted either way).
     pub profiler: bool,
-    /// The response cache on the trial balance.
+    /// The response cache on the trial balance (needs `tenant`: entries live in the
+    /// tenant's namespace).
     pub response_cache: bool,
 }
 
@@ -317,10 +325,15 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
     let config = state.config().clone();
     let resolver = ClientIpResolver::new(config.trusted());
     // Cached trial balances, per tenant and user, tagged `trial-balance` (see api.rs).
-    let trial_balance_cache = stack.response_cache.then(|| {
+    // The cache namespace is the resolved tenant's: without the tenant layer, entries
+    // would be global and `invalidate_reports` (per tenant) could not reach them.
+    let trial_balance_cache = (stack.response_cache && stack.tenant).then(|| {
         ResponseCacheLayer::new(state.cache().clone())
             .identity(identity())
             .by_principal(true)
+            // Declared: versions read before the handler, so a report computed while an
+            // entry is being posted is never stored as fresh.
+            .tags([TRIAL_BALANCE_TAG])
             .ttl(Ttl::Default)
     });
     // The profiler records every request but its own pages; its UI is for admins only

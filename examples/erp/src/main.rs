@@ -41,6 +41,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "RAMPART_JWT_SECRET is not set: generated a random secret, so tokens and sessions end with this process; set it to 32+ random bytes in production"
         );
     }
+    if config.redis_url.is_some()
+        && config.redis.instances == 1
+        && matches!(
+            config.redis.failure_mode,
+            tower_rampart::rate_limit::FailureMode::LocalFallback { .. }
+        )
+    {
+        tracing::warn!(
+            "REDIS_URL is set but RAMPART_INSTANCES is 1: while Redis is down each instance enforces the whole quota on its own; set RAMPART_INSTANCES to the number of instances"
+        );
+    }
+    if config.password_cost == rampart_erp::config::PasswordCost::Fast {
+        tracing::warn!("RAMPART_PASSWORD_COST=fast: password hashes are weak (tests only)");
+    }
     tracing::info!(database = %redact_url(&config.database_url), "opening the database");
     let bind = config.bind;
     let (state, generated) = AppState::connect(config).await?;

@@ -86,6 +86,27 @@ async fn trial_balance_is_cached_with_etags_and_invalidated_by_posting() {
     // The dashboard reads the same tagged report through the cache.
     let cached = t.state.trial_balance("acme").await.unwrap();
     assert_eq!(cached.total_debit, 107);
+
+    // A new account shows in the (cached) report at once.
+    let admin = t.token("acme", "admin").await;
+    let codes = |res: &Res| -> Vec<String> {
+        res.json()["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!codes(&t.send(tb_request(&admin, None)).await).contains(&"1999".to_owned()));
+    let created = t
+        .post(
+            "/api/v1/accounts",
+            &admin,
+            json!({"code": "1999", "name": "Petty cash", "type": "asset"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert!(codes(&t.send(tb_request(&admin, None)).await).contains(&"1999".to_owned()));
 }
 
 /// Two instances over one SQLite file and one Redis.

@@ -383,7 +383,8 @@ impl RedisBackend {
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
         let client = redis::Client::open(url).map_err(|e| {
             ConfigError::new(format!(
-                "invalid Redis URL {url:?} for the cache: {e}; use redis://host:port/db"
+                "invalid Redis URL {:?} for the cache: {e}; use redis://host:port/db",
+                crate::error::redact_url(url)
             ))
         })?;
         let config = ConnectionManagerConfig::new()
@@ -421,7 +422,10 @@ impl RedisBackend {
             .map_err(|e| ConfigError::new(format!("invalid Redis Cluster configuration: {e}")))?;
         let conn = cluster.get_async_connection().await.map_err(|e| {
             ConfigError::new(format!(
-                "cannot reach the Redis Cluster at {urls:?}: {e}; check the node URLs"
+                "cannot reach the Redis Cluster at {:?}: {e}; check the node URLs",
+                urls.iter()
+                    .map(|u| crate::error::redact_url(u))
+                    .collect::<Vec<_>>()
             ))
         })?;
         Ok(Self::from_conn(Conn::Cluster(conn), 16, clients))
