@@ -467,19 +467,9 @@ impl<C: Codec> Cache<C> {
     /// Stores a value with its options; `false` when it was not stored (encoding failed,
     /// the backend failed).
     pub async fn set<T: Serialize>(&self, key: &str, value: &T, options: &CacheOptions) -> bool {
-        let Some(body) = self.encode(value) else {
-            return false;
-        };
-        let loc = self.loc(key);
-        let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
-        let put = Put {
-            loc: &loc,
-            tags: tags.iter().map(|t| (t.as_str(), None)).collect(),
-            body,
-            ttl: self.shared.ttl.resolve(options.ttl_tier()),
-            epoch: None,
-        };
-        self.shared.store.put(put).await
+        // No snapshot: the tags' current versions.
+        self.set_after(key, value, options, &Snapshot::default())
+            .await
     }
 
     /// Stores several values with the same options; the number stored.

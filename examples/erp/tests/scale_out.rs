@@ -49,18 +49,19 @@ const SECRET: &str = "scale-out-secret-scale-out-secret-0123";
 /// The scenarios load the machine: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The origin's limits (login 5/minute per client IP, API 100/hour per user), the API
-/// one on `/api/v1/users/*` only: scenario 1 counts `GET /api/v1/users/me`, and the
-/// coherence trials of scenario 2 make more report reads than a user's hourly quota.
-const LIMITS_CONFIG: &str = r#"
+/// A `[rate_limit]` table: the origin's login limit (5/minute per client IP) and an API
+/// policy per user with this rate on these paths.
+fn limits(api_rate: &str, api_paths: &str) -> String {
+    format!(
+        r#"
 [rate_limit]
 exempt = ["/health/*", "/metrics"]
 
 [[rate_limit.policy]]
 name = "api"
-rate = "100/hour"
+rate = "{api_rate}"
 key = "user"
-paths = ["/api/v1/users/*"]
+paths = ["{api_paths}"]
 
 [[rate_limit.policy]]
 name = "login"
@@ -68,27 +69,21 @@ rate = "5/minute"
 key = "client_ip"
 paths = ["/accounts/login/"]
 methods = ["POST"]
-"#;
+"#
+    )
+}
 
-/// Generous limits on the API (the scenarios that are not about them make many calls),
-/// the origin's login limit.
-const LOAD_CONFIG: &str = r#"
-[rate_limit]
-exempt = ["/health/*", "/metrics"]
+/// The origin's limits, the API one (100/hour) on `/api/v1/users/*` only: scenario 1
+/// counts `GET /api/v1/users/me`, and the coherence trials of scenario 2 make more report
+/// reads than a user's hourly quota.
+fn limits_config() -> String {
+    limits("100/hour", "/api/v1/users/*")
+}
 
-[[rate_limit.policy]]
-name = "api"
-rate = "100000/hour"
-key = "user"
-paths = ["/api/*"]
-
-[[rate_limit.policy]]
-name = "login"
-rate = "5/minute"
-key = "client_ip"
-paths = ["/accounts/login/"]
-methods = ["POST"]
-"#;
+/// Generous API limits (scenario 3 makes many calls), the origin's login limit.
+fn load_config() -> String {
+    limits("100000/hour", "/api/*")
+}
 
 // ---------------------------------------------------------------------------------------
 // HTTP
@@ -625,7 +620,7 @@ async fn scale_out_standalone_redis_global_limits_and_cache_coherence() {
     let fleet = Fleet::start(FleetSpec {
         redis_url: redis.url(),
         modes: ["local_fallback"; 3],
-        config: Some(LIMITS_CONFIG),
+        config: Some(&limits_config()),
         redis_timeout_ms: 2000,
     })
     .await;
@@ -641,7 +636,7 @@ async fn scale_out_cluster_global_limits_coherence_and_a_dead_master() {
     let fleet = Fleet::start(FleetSpec {
         redis_url: cluster.urls().join(","),
         modes: ["closed"; 3],
-        config: Some(LIMITS_CONFIG),
+        config: Some(&limits_config()),
         redis_timeout_ms: 2000,
     })
     .await;
@@ -721,7 +716,7 @@ async fn scale_out_redis_loss_under_load_failure_modes_recovery_and_no_data_loss
         Fleet::start(FleetSpec {
             redis_url: redis.url(),
             modes: ["local_fallback", "open", "closed"],
-            config: Some(LOAD_CONFIG),
+            config: Some(&load_config()),
             redis_timeout_ms: 50,
         })
         .await,
