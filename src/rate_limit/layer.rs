@@ -231,7 +231,7 @@ impl RateLimitBuilder {
             .collect::<Result<Vec<_>, _>>()?;
         #[cfg(feature = "redis")]
         let backend = match &self.redis {
-            Some(r) => Backend::Redis(r.build()),
+            Some(r) => Backend::Redis(Box::new(r.build())),
             None => Backend::Memory(self.memory.build()),
         };
         #[cfg(not(feature = "redis"))]
@@ -254,7 +254,7 @@ impl RateLimitBuilder {
 pub(crate) enum Backend {
     Memory(MemoryStore),
     #[cfg(feature = "redis")]
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 /// Everything the service needs, shared by all clones.

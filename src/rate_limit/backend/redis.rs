@@ -17,6 +17,7 @@ use super::super::{
     gcra::{Clock, MAX_WINDOWS, Outcome, WindowState},
     policy::{Compiled, Subject},
 };
+use super::lease::{LeaseConfig, Leases, Take};
 use super::memory::{DEFAULT_MAX_KEYS, MemoryStore};
 use crate::key::KeyBuilder;
 
@@ -143,6 +144,7 @@ pub struct RedisBackend {
     retry_interval: Duration,
     clock: Clock,
     fallback_max_keys: usize,
+    lease: Option<LeaseConfig>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -158,6 +160,7 @@ impl fmt::Debug for RedisBackend {
             .field("prefix", &self.keys.prefix())
             .field("timeout", &self.timeout)
             .field("failure", &self.failure)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +175,7 @@ impl RedisBackend {
             retry_interval: DEFAULT_RETRY_INTERVAL,
             clock: Clock::tokio(),
             fallback_max_keys: DEFAULT_MAX_KEYS,
+            lease: None,
         }
     }
 
@@ -270,6 +274,34 @@ impl RedisBackend {
         self
     }
 
+    /// **Hybrid token leasing** (opt-in): each instance reserves `batch` requests' worth
+    /// of a key's quota in one round trip and serves that key's next requests from the
+    /// reservation, locally, for at most `ttl`. Redis round trips drop to about one per
+    /// `batch` decisions of a busy key.
+    ///
+    /// The reservation is taken from the shared quota before it is served, so leasing
+    /// never admits more than the quota; units an instance reserved but did not use
+    /// within `ttl` are lost to the others until the quota refills (under-admission, at
+    /// most `batch - 1` per instance and key per `ttl`). When a whole batch no longer
+    /// fits, the key is decided one request at a time for `ttl`, so the end of a quota is
+    /// exact. Suits high-volume keys with quotas much larger than `batch × instances`;
+    /// `RateLimit` headers of leased decisions are estimates. `batch` below 2 turns
+    /// leasing off (the default).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redis::RedisError> {
+    /// use std::time::Duration;
+    /// use tower_rampart::rate_limit::RedisBackend;
+    ///
+    /// let backend = RedisBackend::connect("redis://127.0.0.1/").await?
+    ///     .lease(10, Duration::from_millis(200));
+    /// # let _ = backend; Ok(()) }
+    /// ```
+    pub fn lease(mut self, batch: u32, ttl: Duration) -> Self {
+        self.lease = (batch >= 2 && !ttl.is_zero()).then_some(LeaseConfig { batch, ttl });
+        self
+    }
+
     pub(crate) fn build(&self) -> RedisStore {
         let fallback = matches!(self.failure, FailureMode::LocalFallback { .. })
             .then(|| MemoryStore::new(self.fallback_max_keys, self.clock.clone()));
@@ -282,6 +314,9 @@ impl RedisBackend {
             }
             .into_boxed_slice(),
             fallback,
+            leases: self
+                .lease
+                .map(|config| Leases::new(config, self.fallback_max_keys)),
         }
     }
 
@@ -320,6 +355,7 @@ pub(crate) struct RedisStore {
     /// standalone, one per hash slot on Cluster.
     down_until: Box<[AtomicU64]>,
     pub(crate) fallback: Option<MemoryStore>,
+    leases: Option<Leases>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -362,7 +398,10 @@ impl RedisStore {
         if down.load(Ordering::Relaxed) > now {
             return Err(BackendError::Down);
         }
-        let result = self.eval_keys(&keys, policy, None).await;
+        let result = match &self.leases {
+            None => self.eval_keys(&keys, policy, policy.cost, None).await,
+            Some(leases) => self.leased(leases, &keys, policy, now).await,
+        };
         if result.is_err() {
             let interval =
                 u64::try_from(self.backend.retry_interval.as_micros()).unwrap_or(u64::MAX / 4);
@@ -379,21 +418,59 @@ impl RedisStore {
         subject: &Subject,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
-        self.eval_keys(&self.keys(policy, subject), policy, now_us)
+        self.eval_keys(&self.keys(policy, subject), policy, policy.cost, now_us)
             .await
+    }
+
+    /// A decision in leasing mode: from this instance's reservation, else by reserving a
+    /// batch, else (no batch fits) alone.
+    async fn leased(
+        &self,
+        leases: &Leases,
+        keys: &[String],
+        policy: &Compiled,
+        now: u64,
+    ) -> Result<Outcome, BackendError> {
+        let key = &keys[0];
+        if let Take::Served(outcome) = leases.take(key, policy.cost, now) {
+            return Ok(outcome);
+        }
+        // One round trip per key at a time: the others wait, then use its answer.
+        let _flight = leases.flight(key).await;
+        let now = self.backend.clock.now_us();
+        match leases.take(key, policy.cost, now) {
+            Take::Served(outcome) => return Ok(outcome),
+            Take::Plain => return self.eval_keys(keys, policy, policy.cost, None).await,
+            Take::Lease => {}
+        }
+        let batch = leases.batch_cost(policy.cost);
+        let mut outcome = self.eval_keys(keys, policy, batch, None).await?;
+        if outcome.allowed {
+            let extra = batch - policy.cost;
+            leases.store(key, extra, now, outcome);
+            let left = extra / policy.cost.max(1);
+            for w in &mut outcome.windows[..outcome.len] {
+                w.remaining = w.remaining.saturating_add(left);
+            }
+            return Ok(outcome);
+        }
+        let single = self.eval_keys(keys, policy, policy.cost, None).await?;
+        leases.plain(key, now, single);
+        Ok(single)
     }
 
     async fn eval_keys(
         &self,
         keys: &[String],
         policy: &Compiled,
+        cost: u64,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
         let mut inv = self.script.prepare_invoke();
         for k in keys {
             inv.key(k);
         }
-        inv.arg(policy.cost);
+        inv.arg(cost);
         inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
         for w in &policy.windows {
             inv.arg(w.interval).arg(w.burst);

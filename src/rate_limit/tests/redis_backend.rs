@@ -450,3 +450,105 @@ fn cluster_slots_match_redis() {
     );
     assert_eq!(key_slot("a{b}c{d}"), key_slot("b"));
 }
+
+/// Script calls Redis has served since the last `CONFIG RESETSTAT`.
+async fn script_calls(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split(['=', ',']).nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// 1000 concurrent requests of one client over four instances; (allowed, script calls).
+async fn run_four(url: &str, quota: Quota, lease: Option<u32>, prefix: &str) -> (u32, u64) {
+    let mut con = raw(url).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut services = Vec::new();
+    for _ in 0..4 {
+        let mut b = backend(url)
+            .await
+            .timeout(Duration::from_secs(5))
+            .prefix(prefix);
+        if let Some(batch) = lease {
+            b = b.lease(batch, Duration::from_secs(10));
+        }
+        let svc = service(&one_policy(quota).redis(b).build().unwrap());
+        // Load the script (another client's key) before counting.
+        let warm = svc.clone().oneshot(get("/", "192.0.2.99:1")).await.unwrap();
+        assert_eq!(warm.status(), StatusCode::OK);
+        services.push(svc);
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let svc = services[i % 4].clone();
+            tokio::spawn(async move { svc.oneshot(get("/", PEER)).await.unwrap().status() })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(
+            s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS,
+            "{s}"
+        );
+        ok += u32::from(s == StatusCode::OK);
+    }
+    (ok, script_calls(&mut con).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasing_cuts_round_trips_and_never_over_admits() {
+    let server = RedisServer::start();
+    let url = server.url();
+    // A quota far above the traffic: leasing's home ground.
+    let big = Quota::per_hour(100_000);
+    let (plain_ok, plain_calls) = run_four(&url, big, None, "plain-big").await;
+    let (leased_ok, leased_calls) = run_four(&url, big, Some(10), "leased-big").await;
+    // A quota the traffic exhausts: exactness at the end of the quota.
+    let small = Quota::per_hour(100);
+    let (plain_exact, plain_exact_calls) = run_four(&url, small, None, "plain-small").await;
+    let (leased_exact, leased_exact_calls) = run_four(&url, small, Some(10), "leased-small").await;
+    println!(
+        "leasing (batch 10, 4 instances, 1000 concurrent requests):\n  \
+         quota 100000/h: plain {plain_ok} allowed, {plain_calls} round trips; leased {leased_ok} allowed, {leased_calls} round trips\n  \
+         quota 100/h:    plain {plain_exact} allowed, {plain_exact_calls} round trips; leased {leased_exact} allowed ({} over, {} under), {leased_exact_calls} round trips",
+        leased_exact.saturating_sub(plain_exact),
+        plain_exact.saturating_sub(leased_exact),
+    );
+    assert_eq!((plain_ok, leased_ok), (1000, 1000));
+    assert!(plain_calls >= 1000, "{plain_calls}");
+    // About one round trip per batch per instance: 1000 / 10, plus the first batch of
+    // each instance racing.
+    assert!(
+        leased_calls <= 150,
+        "{leased_calls} round trips for 1000 decisions"
+    );
+    assert_eq!(plain_exact, 100);
+    assert!(
+        leased_exact <= 100,
+        "leasing never admits more than the quota"
+    );
+    assert!(
+        leased_exact >= 100 - 4 * 9,
+        "at most batch - 1 units per instance are stranded: {leased_exact}"
+    );
+    // Refusals are repeated locally within Redis' retry delay.
+    assert!(
+        leased_exact_calls < plain_exact_calls / 2,
+        "{leased_exact_calls}"
+    );
+}
