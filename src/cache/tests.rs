@@ -1088,3 +1088,58 @@ async fn response_cache_tags_and_tenants() {
         "other tenant untouched"
     );
 }
+
+/// A body that announces `len` bytes, yields `part`, then fails (a reset upstream).
+struct Truncated {
+    part: Option<Bytes>,
+    len: u64,
+}
+
+impl http_body::Body for Truncated {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(match self.part.take() {
+            Some(part) => Ok(http_body::Frame::data(part)),
+            None => Err(std::io::Error::other("upstream reset")),
+        }))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+#[tokio::test]
+async fn response_cache_passes_a_failing_body_on_and_never_caches_it() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = ResponseCacheLayer::new(memory()).layer(service_fn(move |_req: Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            Ok::<_, Infallible>(Response::new(Truncated {
+                part: Some(Bytes::from_static(b"hello")),
+                len: 11,
+            }))
+        }
+    }));
+    for round in 1..=2 {
+        let res = svc.clone().oneshot(get("/flaky")).await.unwrap();
+        // The inner status and the body's own error, never a 5xx made up by the layer.
+        assert_eq!(res.status(), StatusCode::OK, "round {round}");
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "hello");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "upstream reset");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            round,
+            "not served from the cache"
+        );
+    }
+}
