@@ -359,6 +359,41 @@ async fn undecodable_values_are_misses() {
 }
 
 #[test]
+fn memory_entries_expire_after_their_own_ttl() {
+    // The memory backend reads quanta's clock; a mocked one stands still until moved.
+    let (clock, mock) = quanta::Clock::mock();
+    quanta::with_clock(&clock, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = memory();
+            let five_s = CacheOptions::new().ttl(Ttl::Custom(Duration::from_secs(5)));
+            assert!(cache.set("short", &1u8, &five_s).await);
+            assert!(
+                cache
+                    .set("long", &2u8, &CacheOptions::new().ttl(Ttl::Long))
+                    .await
+            );
+            mock.increment(Duration::from_millis(4_999));
+            assert_eq!(cache.get::<u8>("short").await, Some(1));
+            mock.increment(Duration::from_millis(1));
+            assert_eq!(cache.get::<u8>("short").await, None, "expired at 5 s");
+            let loaded = cache
+                .get_or_load("short", &five_s, || async { Ok::<_, Infallible>(3u8) })
+                .await
+                .unwrap();
+            assert_eq!(loaded, 3, "an expired entry is reloaded");
+            mock.increment(Duration::from_secs(3_594));
+            assert_eq!(cache.get::<u8>("long").await, Some(2));
+            mock.increment(Duration::from_secs(1));
+            assert_eq!(cache.get::<u8>("long").await, None, "Ttl::Long is one hour");
+        });
+    });
+}
+
+#[test]
 fn builder_rejects_a_zero_load_timeout() {
     let err = Cache::builder()
         .load_timeout(Duration::ZERO)
