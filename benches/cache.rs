@@ -165,30 +165,26 @@ fn bench(c: &mut Criterion) {
             .build(MemoryBackend::new(64 << 20))
             .unwrap();
         rt.block_on(mem_untagged.set("user:1", &"Ada Lovelace".to_owned(), &CacheOptions::new()));
-        struct E;
-        impl moka::Expiry<Arc<str>, Arc<bytes::Bytes>> for E {
-            fn expire_after_create(
-                &self,
-                _: &Arc<str>,
-                _: &Arc<bytes::Bytes>,
-                _: std::time::Instant,
-            ) -> Option<Duration> {
-                Some(Duration::from_secs(300))
-            }
-        }
-        let same: moka::future::Cache<Arc<str>, Arc<bytes::Bytes>> = moka::future::Cache::builder()
-            .max_capacity(64 << 20)
-            .weigher(|k: &Arc<str>, v: &Arc<bytes::Bytes>| (k.len() + v.len()) as u32)
-            .expire_after(E)
-            .build();
+        // moka configured as the memory backend configures it (weigher, foldhash,
+        // time-to-live), keyed by the same stored key.
+        let same: moka::future::Cache<Arc<[u8]>, Arc<bytes::Bytes>, foldhash::fast::RandomState> =
+            moka::future::Cache::builder()
+                .max_capacity(64 << 20)
+                .weigher(|k: &Arc<[u8]>, v: &Arc<bytes::Bytes>| (k.len() + v.len()) as u32)
+                .time_to_live(Duration::from_secs(30))
+                .build_with_hasher(foldhash::fast::RandomState::default());
         let k = s.two_tier.key_for("user:1");
         rt.block_on(same.insert(
-            Arc::from(k.as_str()),
+            Arc::from(k.as_bytes()),
             Arc::new(bytes::Bytes::from_static(b"x")),
         ));
         println!(
             "moka same config {:?}",
-            per_op!(50_000u32, same.get(k.as_str()).await)
+            per_op!(50_000u32, same.get(k.as_bytes()).await)
+        );
+        println!(
+            "quanta clock {:?}",
+            per_op!(50_000u32, quanta::Instant::now())
         );
         let dm = dashmap::DashMap::<Arc<str>, u64>::new();
         dm.insert(Arc::from("{rampart:1:g:0}:g:users"), 5);

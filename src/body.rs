@@ -4,10 +4,15 @@
 //! resolver, a 204 from the CSP report receiver) sends a small buffered body of its own;
 //! otherwise the inner service's body passes through untouched. [`ResponseBody`] is that
 //! choice, with the variants kept private so they can change without breaking users.
+//! A layer that buffered the inner body and met an error while reading it (the response
+//! cache) hands back the bytes it read followed by that same error, exactly as the inner
+//! body would have.
 
 use std::{
+    any::Any,
     fmt,
     pin::Pin,
+    sync::Mutex,
     task::{Context, Poll},
 };
 
@@ -38,6 +43,10 @@ pin_project! {
     enum Inner<B> {
         Passthrough { #[pin] body: B },
         Full { data: Option<Bytes> },
+        // The bytes read before the inner body failed, then its error (a `B::Error`,
+        // erased so that `ResponseBody<B>` needs no `B: Body` bound; the mutex only makes
+        // the body `Sync` without requiring a `Sync` error, it is never locked).
+        Failed { data: Option<Bytes>, error: Mutex<Option<Box<dyn Any + Send>>> },
     }
 }
 
@@ -65,6 +74,21 @@ impl<B> ResponseBody<B> {
             inner: Inner::Full { data: None },
         }
     }
+
+    /// A body yielding `data` (the bytes read from the inner body), then `error` (the
+    /// inner body's error): what the inner service would have sent.
+    pub(crate) fn failed(data: Bytes, error: B::Error) -> Self
+    where
+        B: Body,
+        B::Error: Send + 'static,
+    {
+        Self {
+            inner: Inner::Failed {
+                data: (!data.is_empty()).then_some(data),
+                error: Mutex::new(Some(Box::new(error))),
+            },
+        }
+    }
 }
 
 impl<B: Default> Default for ResponseBody<B> {
@@ -81,6 +105,10 @@ impl<B> fmt::Debug for ResponseBody<B> {
                 .debug_struct("ResponseBody::Full")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),
+            Inner::Failed { data, .. } => f
+                .debug_struct("ResponseBody::Failed")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -88,6 +116,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -99,6 +128,19 @@ where
         match self.project().inner.project() {
             InnerProj::Passthrough { body } => body.poll_frame(cx),
             InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Failed { data, error } => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                let error = error
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .and_then(|e| e.downcast::<B::Error>().ok());
+                // `failed` stores a `B::Error`, so the downcast cannot fail; after the
+                // error the stream ends.
+                Poll::Ready(error.map(|e| Err(*e)))
+            }
         }
     }
 
@@ -106,6 +148,7 @@ where
         match &self.inner {
             Inner::Passthrough { body } => body.is_end_stream(),
             Inner::Full { data } => data.is_none(),
+            Inner::Failed { .. } => false,
         }
     }
 
@@ -114,6 +157,11 @@ where
             Inner::Passthrough { body } => body.size_hint(),
             Inner::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Inner::Failed { data, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.as_ref().map_or(0, |d| d.len() as u64));
+                hint
             }
         }
     }
@@ -147,5 +195,27 @@ mod tests {
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"inner");
         assert!(format!("{:?}", ResponseBody::<Full<Bytes>>::full("ab")).contains("len: 2"));
+    }
+
+    #[tokio::test]
+    async fn failed_body_yields_the_bytes_read_then_the_error() {
+        type Inner = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+        let err = std::io::Error::other("upstream reset");
+        let mut body = ResponseBody::<Inner>::failed(Bytes::from_static(b"part"), err);
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().lower(), 4);
+        assert_eq!(body.size_hint().exact(), None);
+        assert!(format!("{body:?}").contains("Failed"));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "part");
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(e.to_string(), "upstream reset");
+        assert!(
+            body.frame().await.is_none(),
+            "the stream ends after the error"
+        );
+        // Nothing read before the error: the error comes first.
+        let mut body = ResponseBody::<Inner>::failed(Bytes::new(), std::io::Error::other("x"));
+        assert!(body.frame().await.unwrap().is_err());
     }
 }

@@ -102,12 +102,98 @@ pub fn escape_part(part: &str) -> String {
     out
 }
 
-fn push_escaped(out: &mut String, part: &str) {
-    for b in part.bytes() {
-        if b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}' | b'%') {
-            out.push(char::from(b));
+/// Where key text is written: a `String`, or a [`StackKey`].
+pub(crate) trait KeySink {
+    fn push_str(&mut self, s: &str);
+    /// Appends one ASCII byte.
+    fn push_ascii(&mut self, b: u8);
+}
+
+impl KeySink for String {
+    #[inline]
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+
+    #[inline]
+    fn push_ascii(&mut self, b: u8) {
+        self.push(char::from(b));
+    }
+}
+
+/// A key of at most `N` bytes built on the stack, for lookups on hot paths that would
+/// otherwise allocate a `String` only to drop it.
+pub(crate) struct StackKey<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    overflow: bool,
+}
+
+impl<const N: usize> StackKey<N> {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+            overflow: false,
+        }
+    }
+
+    /// The key's bytes (valid UTF-8: only whole `&str`s and ASCII bytes are written), or
+    /// `None` when it did not fit.
+    pub(crate) fn as_bytes(&self) -> Option<&[u8]> {
+        (!self.overflow).then(|| &self.buf[..self.len])
+    }
+}
+
+impl<const N: usize> KeySink for StackKey<N> {
+    #[inline]
+    fn push_str(&mut self, s: &str) {
+        let end = self.len + s.len();
+        match self.buf.get_mut(self.len..end) {
+            Some(dst) => {
+                dst.copy_from_slice(s.as_bytes());
+                self.len = end;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    #[inline]
+    fn push_ascii(&mut self, b: u8) {
+        match self.buf.get_mut(self.len) {
+            Some(dst) => {
+                *dst = b;
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+}
+
+/// Appends `part` escaped to `out`, byte by byte (no formatting machinery: keys are
+/// built on hot paths). The output is ASCII.
+#[inline]
+pub(crate) fn push_escaped(out: &mut impl KeySink, part: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Bytes kept as they are: printable ASCII but the separator, braces and `%`.
+    const KEEP: [bool; 256] = {
+        let mut keep = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            #[allow(clippy::cast_possible_truncation)] // b < 256
+            let byte = b as u8;
+            keep[b] = byte.is_ascii_graphic() && !matches!(byte, b':' | b'{' | b'}' | b'%');
+            b += 1;
+        }
+        keep
+    };
+    for &b in part.as_bytes() {
+        if KEEP[usize::from(b)] {
+            out.push_ascii(b);
         } else {
-            let _ = write!(out, "%{b:02X}");
+            out.push_ascii(b'%');
+            out.push_ascii(HEX[usize::from(b >> 4)]);
+            out.push_ascii(HEX[usize::from(b & 15)]);
         }
     }
 }
@@ -200,6 +286,21 @@ mod tests {
     }
 
     #[test]
+    fn stack_keys_match_string_keys_or_refuse() {
+        let mut k = StackKey::<16>::new();
+        KeySink::push_str(&mut k, "p:");
+        push_escaped(&mut k, "a:é");
+        assert_eq!(k.as_bytes(), Some(&b"p:a%3A%C3%A9"[..]));
+        let mut s = String::from("p:");
+        push_escaped(&mut s, "a:é");
+        assert_eq!(k.as_bytes(), Some(s.as_bytes()));
+        push_escaped(&mut k, "toolong");
+        assert_eq!(k.as_bytes(), None, "never a truncated key");
+        push_escaped(&mut k, "");
+        assert_eq!(k.as_bytes(), None);
+    }
+
+    #[test]
     fn digest_matches_known_vector() {
         // SHA-256("abc"), base64url without padding.
         assert_eq!(
@@ -209,6 +310,21 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn escaping_matches_the_reference(part in "\\PC{0,40}|[ -~]{0,40}|.{0,10}") {
+            let reference: String = part
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}' | b'%') {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            prop_assert_eq!(escape_part(&part), reference);
+        }
+
         #[test]
         fn keys_are_bounded_printable_and_injective(a in proptest::collection::vec("\\PC{0,40}", 0..5),
                                                     b in proptest::collection::vec("\\PC{0,40}", 0..5)) {

@@ -17,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
 use super::{
-    backend::{Backend, Fetched, Loc, Namespace, Put, Store, count},
+    backend::{Backend, CACHE, Fetched, LOADER, Loc, Local, Namespace, Put, Store, count},
     codec::{Codec, Postcard},
     entry,
     options::{CacheOptions, TtlTiers},
@@ -25,11 +25,14 @@ use super::{
 use crate::{
     error::ConfigError,
     identity::IdentityReader,
-    key::{KeyBuilder, cap_len, escape_part},
+    key::{KeyBuilder, KeySink, StackKey, cap_len, escape_part, push_escaped},
 };
 
 /// Longest escaped entry-key tail kept before it is shortened with a digest.
 const MAX_KEY_TAIL: usize = 160;
+/// Longest stored key built on the stack for an in-process read (never capped: a base
+/// plus `:k:` plus `MAX_KEY_TAIL` is longer).
+const STACK_KEY: usize = 96;
 
 /// Configures a [`Cache`].
 ///
@@ -212,6 +215,8 @@ struct NsKeys {
     bases: Vec<String>,
     /// `<base>:g:` per bucket.
     tag_prefixes: Vec<Arc<str>>,
+    /// `<base of bucket 0>:k:`, the start of every stored key when not clustered.
+    entry_prefix: String,
 }
 
 impl NsKeys {
@@ -227,9 +232,11 @@ impl NsKeys {
             })
             .collect();
         let tag_prefixes = bases.iter().map(|b| Arc::from(format!("{b}:g:"))).collect();
+        let entry_prefix = format!("{}:k:", bases[0]);
         Self {
             bases,
             tag_prefixes,
+            entry_prefix,
         }
     }
 }
@@ -320,6 +327,12 @@ impl Drop for Leader<'_> {
     }
 }
 
+enum Hit<T> {
+    Value(T),
+    Miss,
+    Undecodable,
+}
+
 enum Role<'a> {
     Lead(Leader<'a>),
     Follow(watch::Receiver<Flight>),
@@ -389,20 +402,30 @@ impl<C: Codec> Cache<C> {
         self.shared.ttl
     }
 
-    fn loc(&self, key: &str) -> Loc {
-        let escaped = escape_part(key);
-        let bucket = if self.shared.buckets > 1 {
-            usize::try_from(fnv1a(escaped.as_bytes()) % u64::from(self.shared.buckets)).unwrap_or(0)
+    /// The stored key of a logical key and its bucket (one allocation when not clustered).
+    fn entry_key(&self, key: &str) -> (String, usize) {
+        let (bucket, escaped) = if self.shared.buckets > 1 {
+            let escaped = escape_part(key);
+            let bucket = fnv1a(escaped.as_bytes()) % u64::from(self.shared.buckets);
+            (usize::try_from(bucket).unwrap_or(0), Some(escaped))
         } else {
-            0
+            (0, None)
         };
         let base = &self.ns.bases[bucket];
-        let mut full = String::with_capacity(base.len() + 3 + escaped.len());
+        let mut full = String::with_capacity(base.len() + 3 + key.len() + 8);
         full.push_str(base);
         full.push_str(":k:");
-        full.push_str(&escaped);
+        match escaped {
+            Some(escaped) => full.push_str(&escaped),
+            None => push_escaped(&mut full, key),
+        }
+        (cap_len(full, base.len() + 3 + MAX_KEY_TAIL), bucket)
+    }
+
+    fn loc(&self, key: &str) -> Loc {
+        let (key, bucket) = self.entry_key(key);
         Loc {
-            key: cap_len(full, base.len() + 3 + MAX_KEY_TAIL),
+            key,
             tag_prefix: self.ns.tag_prefixes[bucket].clone(),
             ns: self.ns.tag_prefixes[0].clone(),
         }
@@ -421,11 +444,15 @@ impl<C: Codec> Cache<C> {
         self.loc(key).key
     }
 
+    fn decode_body<T: DeserializeOwned>(&self, body: &[u8]) -> Option<T> {
+        entry::unframe(body).and_then(|data| self.shared.codec.decode(&data).ok())
+    }
+
     async fn decode<T: DeserializeOwned>(&self, loc: &Loc, body: &Bytes) -> Option<T> {
-        let value = entry::unframe(body).and_then(|data| self.shared.codec.decode(&data).ok());
+        let value = self.decode_body(body);
         if value.is_none() {
             tracing::warn!(key = %loc.key, "undecodable cache entry removed");
-            count("rampart_cache_corrupt_total", "cache");
+            count(&CACHE.corrupt);
             self.shared.store.delete(std::slice::from_ref(loc)).await;
         }
         value
@@ -444,13 +471,75 @@ impl<C: Codec> Cache<C> {
     /// The cached value, or `None` on a miss (absent, expired, invalidated by a tag,
     /// undecodable, or the backend failing).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        // The hot path: an in-process hit costs the key (on the stack), the moka read and
+        // the decode.
+        let mut local_missed = false;
+        if let Some(local) = self.shared.store.local() {
+            match self.local_get(&local, key).await {
+                Hit::Value(v) => return Some(v),
+                Hit::Miss if local.authoritative => {
+                    local.memory.count_miss();
+                    return None;
+                }
+                Hit::Miss => local_missed = true,
+                Hit::Undecodable => {}
+            }
+        }
         let loc = self.loc(key);
-        let fetched = self
-            .shared
-            .store
-            .get(&loc, &[], self.shared.ttl.resolve(super::Ttl::Default))
-            .await;
+        let ttl = self.shared.ttl.resolve(super::Ttl::Default);
+        let fetched = self.fetch(&loc, &[], ttl, local_missed).await;
         self.decode(&loc, &fetched.body?).await
+    }
+
+    /// A backend read, skipping the in-process tier when it was just tried.
+    async fn fetch(&self, loc: &Loc, want: &[&str], ttl: Duration, local_missed: bool) -> Fetched {
+        let store = &*self.shared.store;
+        if local_missed {
+            store.get_after_local_miss(loc, want, ttl).await
+        } else {
+            store.get(loc, want, ttl).await
+        }
+    }
+
+    /// Writes the stored key into `stored` when not clustered (the usual case); `false`
+    /// otherwise. Filled in place: a key built elsewhere and moved into the future costs
+    /// more than building it.
+    fn stack_key(&self, key: &str, stored: &mut StackKey<STACK_KEY>) -> bool {
+        if self.shared.buckets > 1 {
+            return false;
+        }
+        stored.push_str(&self.ns.entry_prefix);
+        push_escaped(stored, key);
+        true
+    }
+
+    /// Tries the in-process tier; an undecodable entry is left for the slow path, which
+    /// logs, counts and removes it.
+    async fn local_get<T: DeserializeOwned>(&self, local: &Local<'_>, key: &str) -> Hit<T> {
+        let mut stack = StackKey::new();
+        let heap;
+        let stored = match self
+            .stack_key(key, &mut stack)
+            .then(|| stack.as_bytes())
+            .flatten()
+        {
+            Some(stored) => stored,
+            None => {
+                heap = self.entry_key(key).0;
+                heap.as_bytes()
+            }
+        };
+        // `lookup_entry` inlined: one async layer less on the hottest path.
+        let memory = local.memory;
+        let Some(entry) = memory.entries.get(stored).await else {
+            return Hit::Miss;
+        };
+        if !memory.accept(&entry) {
+            memory.entries.invalidate(stored).await;
+            return Hit::Miss;
+        }
+        self.decode_body(&entry.body)
+            .map_or(Hit::Undecodable, Hit::Value)
     }
 
     /// Several values in one call (concurrently; multiplexed on one Redis connection).
@@ -539,6 +628,15 @@ impl<C: Codec> Cache<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let shared = &*self.shared;
+        // An in-process hit first: no tags, no flight bookkeeping.
+        let mut local_missed = false;
+        if let Some(local) = shared.store.local() {
+            match self.local_get(&local, key).await {
+                Hit::Value(v) => return Ok(v),
+                Hit::Miss => local_missed = true,
+                Hit::Undecodable => {}
+            }
+        }
         let loc = self.loc(key);
         let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
         let want: Vec<&str> = tags.iter().map(String::as_str).collect();
@@ -553,7 +651,9 @@ impl<C: Codec> Cache<C> {
                 }
                 continue;
             }
-            let fetched = shared.store.get(&loc, &want, ttl).await;
+            let fetched = self
+                .fetch(&loc, &want, ttl, std::mem::take(&mut local_missed))
+                .await;
             if let Some(body) = &fetched.body
                 && let Some(v) = self.decode(&loc, body).await
             {
@@ -654,16 +754,16 @@ impl<C: Codec> Cache<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let shared = &*self.shared;
-        count("rampart_cache_loads_total", "loader");
+        count(&LOADER.loads);
         let value = match tokio::time::timeout(shared.load_timeout, load()).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                count("rampart_cache_load_errors_total", "loader");
+                count(&LOADER.load_errors);
                 leader.finish(Flight::Failed);
                 return Err(LoadError::Loader(e));
             }
             Err(_) => {
-                count("rampart_cache_load_errors_total", "loader");
+                count(&LOADER.load_errors);
                 tracing::warn!(key = %loc.key, "cache load timed out");
                 leader.finish(Flight::TimedOut);
                 return Err(LoadError::Timeout);

@@ -22,7 +22,6 @@ use tower_service::Service;
 use super::{Cache, CacheOptions, Codec, Postcard, Ttl, cache::Snapshot};
 use crate::{
     body::ResponseBody,
-    error::JsonError,
     identity::IdentityReader,
     key::{digest, escape_part},
 };
@@ -79,6 +78,10 @@ struct Stored {
 ///   (not `*`);
 /// - its body has a known length no larger than the entry cap. Other bodies stream
 ///   through unchanged, never buffered.
+///
+/// A body that fails while being read for storage is handed on as the inner service
+/// sent it (the status and headers, the bytes read, then the body's own error) and is
+/// not stored: the layer never answers a `5xx` of its own.
 ///
 /// Stored responses carry a strong `ETag` (SHA-256 of the body, or the handler's own);
 /// a request whose `If-None-Match` matches gets `304 Not Modified` (RFC 9110 §13.1.2).
@@ -405,6 +408,30 @@ impl<C: Codec> Config<C> {
     }
 }
 
+/// Reads a whole body: its bytes, or the bytes read before it failed and the error.
+async fn buffer<B>(body: B) -> Result<Bytes, (Bytes, B::Error)>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let concat = |chunks: Vec<Bytes>| match <[Bytes; 1]>::try_from(chunks) {
+        Ok([one]) => one,
+        Err(chunks) => Bytes::from(chunks.concat()),
+    };
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    chunks.push(data);
+                }
+            }
+            Err(e) => return Err((concat(chunks), e)),
+        }
+    }
+    Ok(concat(chunks))
+}
+
 fn replay<B>(stored: Stored, req_headers: &HeaderMap, head: bool) -> Response<ResponseBody<B>> {
     let not_modified = etag_matches(req_headers, &stored.etag);
     let mut res = if not_modified || head {
@@ -441,7 +468,7 @@ where
     C: Codec,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: fmt::Display,
+    ResBody::Error: fmt::Display + Send,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -482,13 +509,12 @@ where
                 return Ok(res.map(ResponseBody::new));
             }
             let (mut parts, body) = res.into_parts();
-            let bytes = match body.collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
+            let bytes = match buffer(body).await {
+                Ok(bytes) => bytes,
+                Err((read, e)) => {
+                    // Hand the failure on as the inner body would have; never cached.
                     tracing::warn!(error = %e, "response body failed while being cached");
-                    let err = JsonError::new("Bad gateway", "The response body failed.")
-                        .into_response(StatusCode::BAD_GATEWAY);
-                    return Ok(err.map(ResponseBody::full));
+                    return Ok(Response::from_parts(parts, ResponseBody::failed(read, e)));
                 }
             };
             let etag = match parts

@@ -359,6 +359,41 @@ async fn undecodable_values_are_misses() {
 }
 
 #[test]
+fn memory_entries_expire_after_their_own_ttl() {
+    // The memory backend reads quanta's clock; a mocked one stands still until moved.
+    let (clock, mock) = quanta::Clock::mock();
+    quanta::with_clock(&clock, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = memory();
+            let five_s = CacheOptions::new().ttl(Ttl::Custom(Duration::from_secs(5)));
+            assert!(cache.set("short", &1u8, &five_s).await);
+            assert!(
+                cache
+                    .set("long", &2u8, &CacheOptions::new().ttl(Ttl::Long))
+                    .await
+            );
+            mock.increment(Duration::from_millis(4_999));
+            assert_eq!(cache.get::<u8>("short").await, Some(1));
+            mock.increment(Duration::from_millis(1));
+            assert_eq!(cache.get::<u8>("short").await, None, "expired at 5 s");
+            let loaded = cache
+                .get_or_load("short", &five_s, || async { Ok::<_, Infallible>(3u8) })
+                .await
+                .unwrap();
+            assert_eq!(loaded, 3, "an expired entry is reloaded");
+            mock.increment(Duration::from_secs(3_594));
+            assert_eq!(cache.get::<u8>("long").await, Some(2));
+            mock.increment(Duration::from_secs(1));
+            assert_eq!(cache.get::<u8>("long").await, None, "Ttl::Long is one hour");
+        });
+    });
+}
+
+#[test]
 fn builder_rejects_a_zero_load_timeout() {
     let err = Cache::builder()
         .load_timeout(Duration::ZERO)
@@ -1148,5 +1183,60 @@ async fn response_cache_declared_tags_close_the_invalidation_race() {
             // The documented limit of undeclared tags: versioned when stored.
             assert_eq!(next, "1");
         }
+    }
+}
+
+/// A body that announces `len` bytes, yields `part`, then fails (a reset upstream).
+struct Truncated {
+    part: Option<Bytes>,
+    len: u64,
+}
+
+impl http_body::Body for Truncated {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(match self.part.take() {
+            Some(part) => Ok(http_body::Frame::data(part)),
+            None => Err(std::io::Error::other("upstream reset")),
+        }))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+#[tokio::test]
+async fn response_cache_passes_a_failing_body_on_and_never_caches_it() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = ResponseCacheLayer::new(memory()).layer(service_fn(move |_req: Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            Ok::<_, Infallible>(Response::new(Truncated {
+                part: Some(Bytes::from_static(b"hello")),
+                len: 11,
+            }))
+        }
+    }));
+    for round in 1..=2 {
+        let res = svc.clone().oneshot(get("/flaky")).await.unwrap();
+        // The inner status and the body's own error, never a 5xx made up by the layer.
+        assert_eq!(res.status(), StatusCode::OK, "round {round}");
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "hello");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "upstream reset");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            round,
+            "not served from the cache"
+        );
     }
 }

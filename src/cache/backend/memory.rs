@@ -6,57 +6,50 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
-use moka::Expiry;
 
-use super::{Backend, BoxFuture, Fetched, Loc, Namespace, Put, Store, count, fresh_version};
+use super::{
+    Backend, BoxFuture, Counters, Fetched, Loc, Local, MEMORY, Namespace, Put, Store, count,
+    fresh_version,
+};
 
-struct MemEntry {
+pub(crate) struct MemEntry {
     /// Full tag ids (namespace + name) with the versions recorded at write.
     tags: Box<[(Arc<str>, u64)]>,
-    body: Bytes,
-    ttl: Duration,
-}
-
-struct PerEntry;
-
-impl Expiry<Arc<str>, Arc<MemEntry>> for PerEntry {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<MemEntry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<MemEntry>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
+    pub(crate) body: Bytes,
+    /// When the entry expires; `None` when moka's own time-to-live (the store's
+    /// `max_ttl`, checked by moka on every read anyway) comes first, or never.
+    expires: Option<quanta::Instant>,
+    /// A tag generation (see [`Memory::generation`]) at which the recorded versions were
+    /// known to be current: while the generation has not moved, a read skips the check.
+    checked: AtomicU64,
 }
 
 pub(crate) struct Memory {
-    entries: moka::future::Cache<Arc<str>, Arc<MemEntry>>,
+    /// Keyed by the stored key's bytes (a lookup needs no UTF-8 check of a key built on
+    /// the stack), hashed with foldhash, randomly seeded per map like hashbrown's
+    /// default: SipHash cost more than the rest of a hit outside moka.
+    pub(crate) entries: moka::future::Cache<Arc<[u8]>, Arc<MemEntry>, foldhash::fast::RandomState>,
     /// Tag versions; cleared when over `max_tags` (every entry then misses: sound).
     tags: dashmap::DashMap<Arc<str>, u64>,
     max_tags: usize,
     epoch: AtomicU64,
-    tier: &'static str,
+    /// Incremented **after** every change of a tag version (or loss of all of them), so
+    /// that a reader who saw generation `g` and then found an entry's versions current
+    /// knows they stay current while the generation is still `g`.
+    generation: AtomicU64,
+    /// moka's time-to-live for every entry, when the store has one.
+    max_ttl: Option<Duration>,
+    counters: &'static Counters,
 }
 
 impl fmt::Debug for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Memory")
-            .field("tier", &self.tier)
+            .field("tier", &self.counters.tier)
             .field("entries", &self.entries.entry_count())
             .field("weighted_bytes", &self.entries.weighted_size())
             .finish_non_exhaustive()
@@ -64,22 +57,41 @@ impl fmt::Debug for Memory {
 }
 
 impl Memory {
-    pub(crate) fn new(max_bytes: u64, max_tags: usize, tier: &'static str) -> Self {
-        let entries = moka::future::Cache::builder()
+    /// A store of at most `max_bytes` (weighed) and `max_tags` tag versions; no entry
+    /// outlives `max_ttl` when given.
+    ///
+    /// An entry living `max_ttl` or longer expires through moka's time-to-live, which
+    /// moka checks on every read anyway; a shorter TTL is checked on read against
+    /// `quanta`'s clock (a TSC read where the CPU has an invariant one). moka's per-entry
+    /// expiry hook would cost more than the rest of a hit. Expired entries that are never
+    /// read again are evicted by the weight bound, or by `max_ttl`.
+    pub(crate) fn new(
+        max_bytes: u64,
+        max_tags: usize,
+        counters: &'static Counters,
+        max_ttl: Option<Duration>,
+    ) -> Self {
+        // quanta calibrates its clock on first use (up to 200 ms): do it now, not on a read.
+        let _ = quanta::Instant::now();
+        let mut builder = moka::future::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &Arc<str>, v: &Arc<MemEntry>| {
+            .weigher(|k: &Arc<[u8]>, v: &Arc<MemEntry>| {
                 let tags: usize = v.tags.iter().map(|(t, _)| t.len() + 8).sum();
                 u32::try_from(k.len() + v.body.len() + tags + 64).unwrap_or(u32::MAX)
-            })
-            .expire_after(PerEntry)
-            .build();
+            });
+        if let Some(ttl) = max_ttl {
+            builder = builder.time_to_live(ttl);
+        }
+        let entries = builder.build_with_hasher(foldhash::fast::RandomState::default());
         let tags = dashmap::DashMap::new();
         Self {
             entries,
             tags,
             max_tags,
             epoch: AtomicU64::new(0),
-            tier,
+            generation: AtomicU64::new(0),
+            max_ttl,
+            counters,
         }
     }
 
@@ -106,27 +118,67 @@ impl Memory {
             // Bounded memory: forgetting every version turns every entry into a miss.
             self.epoch.fetch_add(1, Ordering::SeqCst);
             self.tags.clear();
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         *self.tags.entry(id.clone()).or_insert_with(fresh_version)
     }
 
     fn set_version(&self, id: Arc<str>) {
         self.tags.insert(id, fresh_version());
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) async fn lookup(&self, key: &str) -> Option<Bytes> {
-        let entry = self.entries.get(key).await?;
-        if entry
+    /// Whether an entry's recorded tag versions are current. Usually two atomic loads:
+    /// the versions are only looked up when a tag changed since they were last checked.
+    fn valid(&self, entry: &MemEntry) -> bool {
+        if entry.tags.is_empty() {
+            return true;
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        if entry.checked.load(Ordering::Relaxed) == generation {
+            return true;
+        }
+        let current = entry
             .tags
             .iter()
-            .all(|(id, v)| self.current(id) == Some(*v))
-        {
-            count("rampart_cache_hits_total", self.tier);
-            Some(entry.body.clone())
+            .all(|(id, v)| self.current(id) == Some(*v));
+        if current {
+            entry.checked.store(generation, Ordering::Relaxed);
+        }
+        current
+    }
+
+    /// The entry under `key` if present, unexpired and with current tag versions (a
+    /// stale one is removed).
+    pub(crate) async fn lookup_entry(&self, key: &[u8]) -> Option<Arc<MemEntry>> {
+        let entry = self.entries.get(key).await?;
+        if self.accept(&entry) {
+            Some(entry)
         } else {
             self.entries.invalidate(key).await;
             None
         }
+    }
+
+    /// Whether an entry read from `entries` is unexpired with current tag versions
+    /// (counted as a hit); a `false` entry must be removed with `entries.invalidate`.
+    pub(crate) fn accept(&self, entry: &MemEntry) -> bool {
+        let live = entry.expires.is_none_or(|t| quanta::Instant::now() < t);
+        let accepted = live && self.valid(entry);
+        if accepted {
+            count(&self.counters.hits);
+        }
+        accepted
+    }
+
+    pub(crate) async fn lookup(&self, key: &str) -> Option<Bytes> {
+        self.lookup_entry(key.as_bytes())
+            .await
+            .map(|e| e.body.clone())
+    }
+
+    pub(crate) fn count_miss(&self) {
+        count(&self.counters.misses);
     }
 
     pub(crate) async fn store(
@@ -137,6 +189,8 @@ impl Memory {
         ttl: Duration,
         epoch: Option<u64>,
     ) -> bool {
+        // Read before the versions: see `generation`.
+        let generation = self.generation.load(Ordering::SeqCst);
         let mut recorded = Vec::with_capacity(tags.len());
         for (name, expected) in tags {
             let id = Self::tag_id(&loc.ns, name);
@@ -154,11 +208,16 @@ impl Memory {
         if epoch.is_some_and(|e| e != self.epoch()) {
             return false;
         }
-        let key: Arc<str> = loc.key.as_str().into();
+        let key: Arc<[u8]> = loc.key.as_bytes().into();
         let entry = MemEntry {
             tags: recorded.into_boxed_slice(),
             body,
-            ttl,
+            expires: if self.max_ttl.is_some_and(|max| ttl >= max) {
+                None
+            } else {
+                quanta::Instant::now().checked_add(ttl)
+            },
+            checked: AtomicU64::new(generation),
         };
         self.entries.insert(key.clone(), Arc::new(entry)).await;
         if epoch.is_some_and(|e| e != self.epoch()) {
@@ -171,7 +230,7 @@ impl Memory {
 
     pub(crate) async fn remove(&self, key: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate(key).await;
+        self.entries.invalidate(key.as_bytes()).await;
     }
 
     pub(crate) fn bump(&self, ns: &str, tags: &[String]) {
@@ -179,7 +238,7 @@ impl Memory {
         for t in tags {
             self.set_version(Self::tag_id(ns, t));
         }
-        count("rampart_cache_invalidations_total", self.tier);
+        count(&self.counters.invalidations);
     }
 
     pub(crate) fn bump_id(&self, id: &str) {
@@ -195,6 +254,19 @@ impl Memory {
     pub(crate) fn entry_count(&self) -> u64 {
         self.entries.entry_count()
     }
+
+    fn fetched(&self, loc: &Loc, want: &[&str], body: Option<Bytes>, epoch: u64) -> Fetched {
+        let versions = want
+            .iter()
+            .map(|t| self.version(&Self::tag_id(&loc.ns, t)))
+            .collect();
+        Fetched {
+            body,
+            versions,
+            epoch,
+            ..Fetched::default()
+        }
+    }
 }
 
 impl Store for Memory {
@@ -208,19 +280,29 @@ impl Store for Memory {
             let epoch = self.epoch();
             let found = self.lookup(&loc.key).await;
             if found.is_none() {
-                count("rampart_cache_misses_total", self.tier);
+                self.count_miss();
             }
-            let versions = want
-                .iter()
-                .map(|t| self.version(&Self::tag_id(&loc.ns, t)))
-                .collect();
-            Fetched {
-                body: found,
-                versions,
-                epoch,
-                ..Fetched::default()
-            }
+            self.fetched(loc, want, found, epoch)
         })
+    }
+
+    fn local(&self) -> Option<Local<'_>> {
+        Some(Local {
+            memory: self,
+            authoritative: true,
+        })
+    }
+
+    fn get_after_local_miss<'a>(
+        &'a self,
+        loc: &'a Loc,
+        want: &'a [&'a str],
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Fetched> {
+        let epoch = self.epoch();
+        self.count_miss();
+        let fetched = self.fetched(loc, want, None, epoch);
+        Box::pin(std::future::ready(fetched))
     }
 
     fn put<'a>(&'a self, put: Put<'a>) -> BoxFuture<'a, bool> {
@@ -270,25 +352,26 @@ impl MemoryBackend {
     /// A cache holding at most `max_bytes` of keys, values and tags (approximately:
     /// each entry also counts 64 bytes of overhead), and at most 1 000 000 tag versions.
     pub fn new(max_bytes: u64) -> Self {
-        Self::with_tier(max_bytes, "memory")
-    }
-
-    pub(crate) fn with_tier(max_bytes: u64, tier: &'static str) -> Self {
         Self {
-            inner: Arc::new(Memory::new(max_bytes, 1_000_000, tier)),
+            inner: Arc::new(Memory::new(max_bytes, 1_000_000, &MEMORY, None)),
         }
     }
 
-    /// The same capacity as `other`, as a fresh store counted under `tier`.
+    /// The same capacity as `other`, as a fresh store counted as `counters` whose entries
+    /// live at most `max_ttl`.
     #[cfg(feature = "redis")]
-    pub(crate) fn with_tier_of(other: Self, tier: &'static str) -> Arc<Memory> {
+    pub(crate) fn with_tier_of(
+        other: Self,
+        counters: &'static Counters,
+        max_ttl: Duration,
+    ) -> Arc<Memory> {
         let max = other
             .inner
             .entries
             .policy()
             .max_capacity()
             .unwrap_or(64 << 20);
-        Arc::new(Memory::new(max, 1_000_000, tier))
+        Arc::new(Memory::new(max, 1_000_000, counters, Some(max_ttl)))
     }
 
     /// The number of entries held (moka's estimate, updated lazily).

@@ -68,6 +68,14 @@ pub(crate) struct Put<'a> {
     pub(crate) epoch: Option<u64>,
 }
 
+/// An in-process tier a read can try first, with nothing but the entry key: no `Loc`,
+/// no boxed future (the hot path of an L1 hit).
+pub(crate) struct Local<'a> {
+    pub(crate) memory: &'a memory::Memory,
+    /// Whether a miss there is a miss of the whole backend (no other tier behind it).
+    pub(crate) authoritative: bool,
+}
+
 /// The operations every backend implements.
 pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
     fn get<'a>(
@@ -76,6 +84,19 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         want: &'a [&'a str],
         ttl: Duration,
     ) -> BoxFuture<'a, Fetched>;
+    /// The in-process tier to try before [`get`](Self::get), if one is usable now.
+    fn local(&self) -> Option<Local<'_>> {
+        None
+    }
+    /// [`get`](Self::get) after a miss in [`local`](Self::local) (which is not retried).
+    fn get_after_local_miss<'a>(
+        &'a self,
+        loc: &'a Loc,
+        want: &'a [&'a str],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Fetched> {
+        self.get(loc, want, ttl)
+    }
     fn put<'a>(&'a self, put: Put<'a>) -> BoxFuture<'a, bool>;
     fn delete<'a>(&'a self, locs: &'a [Loc]) -> BoxFuture<'a, ()>;
     fn invalidate<'a>(&'a self, ns: &'a Namespace, tags: &'a [String]) -> BoxFuture<'a, ()>;
@@ -100,25 +121,55 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// Increments a counter labelled by tier, without allocating (static key parts).
-pub(crate) fn count(name: &'static str, tier: &'static str) {
-    use metrics::{Key, Label, Level, Metadata};
-    static MEMORY: [Label; 1] = [Label::from_static_parts("tier", "memory")];
-    static L1: [Label; 1] = [Label::from_static_parts("tier", "l1")];
-    static REDIS: [Label; 1] = [Label::from_static_parts("tier", "redis")];
-    static LOADER: [Label; 1] = [Label::from_static_parts("tier", "loader")];
-    static CACHE: [Label; 1] = [Label::from_static_parts("tier", "cache")];
-    static META: Metadata<'static> =
-        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-    let labels: &'static [Label] = match tier {
-        "memory" => &MEMORY,
-        "l1" => &L1,
-        "redis" => &REDIS,
-        "loader" => &LOADER,
-        _ => &CACHE,
-    };
-    let key = Key::from_static_parts(name, labels);
-    metrics::with_recorder(|r| r.register_counter(&key, &META)).increment(1);
+/// The counters of one tier. Their keys (with the key hash `metrics` uses) are computed
+/// at compile time, so counting costs the recorder's lookup only.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) tier: &'static str,
+    pub(crate) hits: metrics::Key,
+    pub(crate) misses: metrics::Key,
+    pub(crate) invalidations: metrics::Key,
+    pub(crate) backend_errors: metrics::Key,
+    pub(crate) loads: metrics::Key,
+    pub(crate) load_errors: metrics::Key,
+    pub(crate) corrupt: metrics::Key,
+}
+
+macro_rules! counters {
+    ($tier:literal) => {{
+        static LABELS: [metrics::Label; 1] = [metrics::Label::from_static_parts("tier", $tier)];
+        const fn key(name: &'static str) -> metrics::Key {
+            metrics::Key::from_static_parts(name, &LABELS)
+        }
+        Counters {
+            tier: $tier,
+            hits: key("rampart_cache_hits_total"),
+            misses: key("rampart_cache_misses_total"),
+            invalidations: key("rampart_cache_invalidations_total"),
+            backend_errors: key("rampart_cache_backend_errors_total"),
+            loads: key("rampart_cache_loads_total"),
+            load_errors: key("rampart_cache_load_errors_total"),
+            corrupt: key("rampart_cache_corrupt_total"),
+        }
+    }};
+}
+
+/// Counters labelled `tier="memory"` (the standalone in-process backend).
+pub(crate) static MEMORY: Counters = counters!("memory");
+/// Counters labelled `tier="l1"` (the in-process tier of the two-tier backend).
+pub(crate) static L1: Counters = counters!("l1");
+/// Counters labelled `tier="redis"`.
+pub(crate) static REDIS: Counters = counters!("redis");
+/// Counters labelled `tier="loader"` (loads run by `get_or_load`).
+pub(crate) static LOADER: Counters = counters!("loader");
+/// Counters labelled `tier="cache"` (the cache handle itself, e.g. corrupt entries).
+pub(crate) static CACHE: Counters = counters!("cache");
+
+/// Increments a counter by one (no allocation, no hashing of the key).
+pub(crate) fn count(key: &'static metrics::Key) {
+    static META: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    metrics::with_recorder(|r| r.register_counter(key, &META)).increment(1);
 }
 
 pub(crate) fn fresh_version() -> u64 {

@@ -26,10 +26,8 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-use super::{Backend, BoxFuture, Fetched, Loc, Namespace, Put, Store, count, fresh_version};
+use super::{Backend, BoxFuture, Fetched, Loc, Namespace, Put, REDIS, Store, count, fresh_version};
 use crate::{cache::entry, error::ConfigError};
-
-const TIER: &str = "redis";
 
 /// KEYS[1] entry; ARGV[1] tag-key prefix, ARGV[2] ttl ms, ARGV[3] n wanted tags,
 /// ARGV[4..4+n) names, ARGV[4+n..4+2n) fresh versions.
@@ -160,7 +158,7 @@ impl fmt::Debug for Redis {
 }
 
 fn failed(op: &str, err: &dyn fmt::Display) {
-    count("rampart_cache_backend_errors_total", TIER);
+    count(&REDIS.backend_errors);
     tracing::warn!(op, error = %err, "redis cache operation failed; treated as a miss");
 }
 
@@ -237,12 +235,12 @@ impl Redis {
         };
         match raw.as_ref().and_then(entry::decode) {
             Some(e) => {
-                count("rampart_cache_hits_total", TIER);
+                count(&REDIS.hits);
                 fetched.tags = e.tags.into_iter().map(|(t, _)| t).collect();
                 fetched.body = Some(e.body);
             }
             None => {
-                count("rampart_cache_misses_total", TIER);
+                count(&REDIS.misses);
                 if raw.is_some() {
                     // The header passed the script but not the stricter Rust parser.
                     self.del(std::slice::from_ref(&loc.key)).await;
@@ -291,7 +289,7 @@ impl Redis {
             )
         });
         let done = futures_util::future::join_all(futs).await;
-        count("rampart_cache_invalidations_total", TIER);
+        count(&REDIS.invalidations);
         done.iter().all(Option::is_some)
     }
 }

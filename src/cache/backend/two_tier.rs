@@ -20,7 +20,7 @@ use futures_util::StreamExt as _;
 use tokio::task::JoinHandle;
 
 use super::{
-    Backend, BoxFuture, Fetched, Loc, Namespace, Put, Store, count,
+    Backend, BoxFuture, Fetched, L1, Loc, Local, Namespace, Put, Store, count,
     memory::{Memory, MemoryBackend},
     redis::{Redis, RedisBackend},
 };
@@ -77,7 +77,7 @@ async fn apply(l1: &Memory, instance: &str, payload: &str) {
             for id in words {
                 l1.bump_id(id);
             }
-            count("rampart_cache_invalidations_total", "l1");
+            count(&L1.invalidations);
         }
         Some("k") => {
             for key in words {
@@ -139,7 +139,7 @@ async fn subscriber(
         }
         coherent.store(false, Ordering::SeqCst);
         l1.flush();
-        count("rampart_cache_backend_errors_total", "l1");
+        count(&L1.backend_errors);
         tracing::warn!(
             channel,
             "cache invalidation channel lost: L1 flushed and bypassed"
@@ -155,7 +155,7 @@ impl TwoTier {
         ttl: Duration,
     ) -> BoxFuture<'a, Fetched> {
         Box::pin(async move {
-            count("rampart_cache_misses_total", "l1");
+            count(&L1.misses);
             let epoch = self.l1.epoch();
             let mut fetched = self.l2.get(loc, want, ttl).await;
             fetched.epoch = epoch;
@@ -194,6 +194,22 @@ impl Store for TwoTier {
             // The L2 path is boxed on its own so an L1 hit stays a small future.
             self.read_through_l2(loc, want, ttl).await
         })
+    }
+
+    fn local(&self) -> Option<Local<'_>> {
+        self.coherent().then_some(Local {
+            memory: &self.l1,
+            authoritative: false,
+        })
+    }
+
+    fn get_after_local_miss<'a>(
+        &'a self,
+        loc: &'a Loc,
+        want: &'a [&'a str],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Fetched> {
+        self.read_through_l2(loc, want, ttl)
     }
 
     fn put<'a>(&'a self, put: Put<'a>) -> BoxFuture<'a, bool> {
@@ -337,7 +353,7 @@ impl TwoTierBuilder {
     /// coherent at once. Started while Redis is down, it works without L1 and subscribes
     /// when Redis is back.
     pub async fn start(self) -> TwoTierBackend {
-        let l1 = MemoryBackend::with_tier_of(self.l1, "l1");
+        let l1 = MemoryBackend::with_tier_of(self.l1, &L1, self.l1_ttl);
         let coherent = Arc::new(AtomicBool::new(false));
         let instance = format!("{:016x}", super::fresh_version());
         let task = tokio::spawn(subscriber(
