@@ -84,9 +84,12 @@ impl Collector {
     }
 
     /// Adds a query that ended at `ended` after running for `elapsed`.
+    /// Records one query. The statement is stored as given and normalised when the
+    /// record is finished: this runs where the driver emits its event, possibly on the
+    /// database connection's own thread (sqlx's SQLite worker), so it must stay short.
     pub(crate) fn add_query(
         &self,
-        raw_statement: &str,
+        raw_statement: String,
         elapsed: Duration,
         ended: Instant,
         rows_returned: Option<u64>,
@@ -107,11 +110,8 @@ impl Collector {
             d.record.queries_dropped += 1;
             return;
         }
-        drop(d);
-        // Normalise outside the lock.
-        let statement = normalize_sql(raw_statement);
-        self.lock().record.queries.push(QueryRecord {
-            statement,
+        d.record.queries.push(QueryRecord {
+            statement: raw_statement,
             start_ms,
             duration_ms,
             rows_returned,
@@ -134,6 +134,9 @@ impl Drop for Collector {
         record
             .queries
             .sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        for q in &mut record.queries {
+            q.statement = normalize_sql(&q.statement);
+        }
         record.query_count = d.query_count;
         record.db_ms = d.db_ms;
         record.similar = similar_groups(&record.queries);
@@ -485,14 +488,11 @@ where
         if !sqlx && !has_db_field(meta) {
             return;
         }
-        let mut fields = DbFields::default();
-        event.record(&mut fields);
-        let Some(statement) = statement_of(&mut fields, sqlx) else {
-            return;
-        };
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
+        // The profiled request first: outside one, nothing is read or copied.
+        let mut collector = None;
         for span in scope {
             let mut ext = span.extensions_mut();
             if let Some(db) = ext.get_mut::<DbSpan>() {
@@ -500,17 +500,24 @@ where
                 db.covered = true;
             }
             if let Some(Attached(c)) = ext.get_mut::<Attached>() {
-                c.add_query(
-                    &statement,
-                    fields.elapsed.unwrap_or_default(),
-                    Instant::now(),
-                    fields.rows_returned,
-                    fields.rows_affected,
-                    if sqlx { "sqlx" } else { "otel" },
-                );
-                return;
+                collector = Some(Arc::clone(c));
+                break;
             }
         }
+        let Some(c) = collector else { return };
+        let mut fields = DbFields::default();
+        event.record(&mut fields);
+        let Some(statement) = statement_of(&mut fields, sqlx) else {
+            return;
+        };
+        c.add_query(
+            statement,
+            fields.elapsed.unwrap_or_default(),
+            Instant::now(),
+            fields.rows_returned,
+            fields.rows_affected,
+            if sqlx { "sqlx" } else { "otel" },
+        );
     }
 
     fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
@@ -528,7 +535,7 @@ where
         for ancestor in span.scope().skip(1) {
             if let Some(Attached(c)) = ancestor.extensions().get::<Attached>() {
                 c.add_query(
-                    &statement,
+                    statement,
                     elapsed,
                     Instant::now(),
                     db.fields.rows_returned,
@@ -564,7 +571,14 @@ pub fn record_query(statement: &str, elapsed: Duration, rows_returned: Option<u6
             let span = registry.span(id)?;
             for s in span.scope() {
                 if let Some(Attached(c)) = s.extensions().get::<Attached>() {
-                    c.add_query(statement, elapsed, now, rows_returned, None, "manual");
+                    c.add_query(
+                        statement.to_owned(),
+                        elapsed,
+                        now,
+                        rows_returned,
+                        None,
+                        "manual",
+                    );
                     return Some(());
                 }
             }
