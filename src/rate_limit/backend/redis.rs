@@ -14,7 +14,7 @@ use redis::{
 use serde::Deserialize;
 
 use super::super::{
-    gcra::{Clock, MAX_WINDOWS, Outcome, WindowState},
+    gcra::{self, Clock, MAX_WINDOWS, Outcome},
     policy::{Compiled, Subject},
 };
 use super::memory::{DEFAULT_MAX_KEYS, MemoryStore};
@@ -27,47 +27,38 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The GCRA script. `KEYS` are the windows of one decision (one hash tag, so Cluster
 /// routes them to one slot); `ARGV` = cost, a time override (empty: the server's `TIME`),
-/// then `interval, burst` per window, in microseconds. Returns
-/// `{allowed, retry_after_us, remaining_1, reset_us_1, …}`. The arithmetic mirrors
-/// `gcra::decide` exactly.
+/// then `interval, burst` per window, in microseconds. It decides atomically and stores
+/// the new theoretical arrival times (with an expiry when the window has recovered), and
+/// returns `{allowed, now_us, tat_1, …}`: the client derives the rest of the outcome
+/// (remaining, reset, retry-after) with `gcra::decide` on the same numbers, so both
+/// backends answer identically by construction, and the server does the least work (a
+/// script's cost is most of what separates a decision from a plain `GET`). The test of
+/// `tat + (cost - burst) × interval > now` is `gcra::decide`'s, exact in Lua's doubles
+/// (every value stays below 2^53).
 const SCRIPT: &str = r"
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 end
 local cost = tonumber(ARGV[1])
-local n = #KEYS
-local tats, news = {}, {}
-local allowed, retry = 1, 0
-for i = 1, n do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+local out = {1, now}
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i])) or 0
+  out[i + 2] = tat
   if tat < now then tat = now end
-  local new = tat + cost * interval
-  local allow_at = new - burst * interval
-  if allow_at > now then
-    allowed = 0
-    if allow_at - now > retry then retry = allow_at - now end
+  if tat + (cost - tonumber(ARGV[2 + 2 * i])) * tonumber(ARGV[1 + 2 * i]) > now then
+    out[1] = 0
   end
-  tats[i] = tat
-  news[i] = new
 end
-local out = {allowed, retry}
-for i = 1, n do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local used
-  if allowed == 1 then used = news[i] - now else used = tats[i] - now end
-  local rem = burst * interval - used
-  if rem < 0 then rem = 0 end
-  out[#out + 1] = math.floor(rem / interval)
-  out[#out + 1] = used
-  if allowed == 1 then
-    redis.call('SET', KEYS[i], string.format('%.0f', news[i]), 'PX', math.ceil(used / 1000) + 1)
+if out[1] == 1 then
+  for i = 1, #KEYS do
+    local tat = out[i + 2]
+    if tat < now then tat = now end
+    local used = tat - now + cost * tonumber(ARGV[1 + 2 * i])
+    redis.call('SET', KEYS[i], string.format('%.0f', now + used), 'PX', math.ceil(used / 1000) + 1)
   end
 end
 return out
@@ -170,7 +161,7 @@ impl RedisBackend {
             timeout: DEFAULT_TIMEOUT,
             failure: FailureMode::default(),
             retry_interval: DEFAULT_RETRY_INTERVAL,
-            clock: Clock::tokio(),
+            clock: Clock::default(),
             fallback_max_keys: DEFAULT_MAX_KEYS,
         }
     }
@@ -261,7 +252,8 @@ impl RedisBackend {
 
     /// The clock for the retry interval and the local fallback.
     ///
-    /// By default, [`Clock::tokio`].
+    /// By default, [`Clock::default`]: quanta, or tokio's clock when the backend is built
+    /// while tokio's time is paused.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -326,16 +318,16 @@ impl RedisStore {
         self.backend.failure
     }
 
-    /// The Redis keys of one decision: one per window, all with the same hash tag.
-    pub(crate) fn keys(&self, policy: &Compiled, subject: &Subject) -> Vec<String> {
+    /// The start of the Redis keys of one decision, `{prefix:1:policy:kind:value}:`; the
+    /// window's index completes each key, so all of them share the hash tag.
+    pub(crate) fn key_base(&self, policy: &Compiled, subject: &Subject) -> String {
         let (kind, value) = subject.parts(policy.key.kind());
-        let base = self
-            .backend
-            .keys
-            .build([&*policy.name, kind, value.as_str()]);
-        (0..policy.windows.len())
-            .map(|i| format!("{{{base}}}:{i}"))
-            .collect()
+        let inner = self.backend.keys.build([&*policy.name, kind, &*value]);
+        let mut base = String::with_capacity(inner.len() + 4);
+        base.push('{');
+        base.push_str(&inner);
+        base.push_str("}:");
+        base
     }
 
     /// One decision, one round trip.
@@ -364,10 +356,13 @@ impl RedisStore {
         subject: &Subject,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
-        let keys = self.keys(policy, subject);
+        let mut key = self.key_base(policy, subject);
         let mut inv = self.script.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
+        for i in 0..policy.windows.len() {
+            // At most four windows: one digit.
+            key.push(char::from(b'0' + u8::try_from(i).unwrap_or(0)));
+            inv.key(key.as_str());
+            key.pop();
         }
         inv.arg(policy.cost);
         inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
@@ -382,12 +377,11 @@ impl RedisStore {
             }
         };
         let reply = tokio::time::timeout(self.backend.timeout, call).await;
-        metrics::histogram!("rate_limit_backend_seconds", "backend" => "redis")
-            .record(started.elapsed().as_secs_f64());
+        record_latency(started.elapsed());
         let values = reply
             .map_err(|_| BackendError::Timeout)?
             .map_err(BackendError::Redis)?;
-        parse_reply(&values, policy.windows.len()).ok_or_else(|| {
+        parse_reply(&values, policy).ok_or_else(|| {
             BackendError::Redis(RedisError::from((
                 redis::ErrorKind::Parse,
                 "unexpected rate-limit script reply",
@@ -396,37 +390,59 @@ impl RedisStore {
     }
 }
 
-fn parse_reply(values: &[i64], windows: usize) -> Option<Outcome> {
-    if values.len() != 2 + 2 * windows || windows > MAX_WINDOWS {
+/// `rate_limit_backend_seconds{backend="redis"}`, with a key built at compile time.
+fn record_latency(elapsed: std::time::Duration) {
+    static LABELS: [metrics::Label; 1] = [metrics::Label::from_static_parts("backend", "redis")];
+    static KEY: metrics::Key =
+        metrics::Key::from_static_parts("rate_limit_backend_seconds", &LABELS);
+    static META: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    metrics::with_recorder(|r| r.register_histogram(&KEY, &META)).record(elapsed.as_secs_f64());
+}
+
+/// The outcome from the script's `{allowed, now, tat…}`: `gcra::decide` on the same
+/// numbers, with the script's answer (the one it acted on) authoritative.
+fn parse_reply(values: &[i64], policy: &Compiled) -> Option<Outcome> {
+    let windows = policy.windows.len();
+    if values.len() != 2 + windows || windows > MAX_WINDOWS {
         return None;
     }
-    let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    let mut out = Outcome {
-        allowed: values[0] == 1,
-        retry_after: u(values[1]),
-        windows: [WindowState::default(); MAX_WINDOWS],
-        len: windows,
-    };
-    for i in 0..windows {
-        out.windows[i] = WindowState {
-            remaining: u(values[2 + 2 * i]),
-            reset: u(values[3 + 2 * i]),
-        };
+    let now = u64::try_from(values[1]).ok().filter(|n| *n > 0)?;
+    let mut tats = [0u64; MAX_WINDOWS];
+    for (tat, v) in tats.iter_mut().zip(&values[2..]) {
+        *tat = u64::try_from(*v).unwrap_or(0);
     }
-    Some(out)
+    let outcome = gcra::decide(&mut tats[..windows], now, &policy.windows, policy.cost);
+    // They cannot disagree (same arithmetic); if a foreign script answered, fail rather
+    // than report headers for a decision that was not the one taken.
+    (outcome.allowed == (values[0] == 1)).then_some(outcome)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::rate_limit::{Policy, Quota};
+
     #[test]
     fn replies_are_checked() {
-        assert!(parse_reply(&[1, 0], 1).is_none());
-        let o = parse_reply(&[0, 5, 0, 60], 1).unwrap();
+        // One request per second, burst 1: a TAT one second ahead means "wait 1 s".
+        let policy = Policy::new("p", Quota::per_second(1))
+            .compile(0, 1)
+            .unwrap();
+        let now = 5_000_000;
+        assert!(parse_reply(&[1, now], &policy).is_none(), "too short");
+        assert!(parse_reply(&[1, 0, 0], &policy).is_none(), "no time");
+        let o = parse_reply(&[0, now, now + 1_000_000], &policy).unwrap();
         assert!(!o.allowed);
-        assert_eq!(o.retry_after, 5);
-        assert_eq!(o.windows()[0].reset, 60);
-        assert!(parse_reply(&[1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 5).is_none());
+        assert_eq!(o.retry_after, 1_000_000);
+        assert_eq!(o.windows()[0].reset, 1_000_000);
+        let o = parse_reply(&[1, now, 0], &policy).unwrap();
+        assert!(o.allowed);
+        assert_eq!(o.windows()[0].remaining, 0);
+        assert!(
+            parse_reply(&[1, now, now + 1_000_000], &policy).is_none(),
+            "a reply contradicting the arithmetic is refused"
+        );
     }
 }
