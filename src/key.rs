@@ -79,7 +79,8 @@ impl KeyBuilder {
     {
         let mut key = String::with_capacity(64);
         key.push_str(&self.prefix);
-        let _ = write!(key, ":{}", self.version);
+        key.push(':');
+        push_decimal(&mut key, u64::from(self.version));
         for part in parts {
             key.push(':');
             push_escaped(&mut key, part.as_ref());
@@ -100,6 +101,29 @@ pub fn escape_part(part: &str) -> String {
     let mut out = String::with_capacity(part.len());
     push_escaped(&mut out, part);
     out
+}
+
+/// Appends `n` in decimal (no formatting machinery: keys and header values are built on
+/// hot paths).
+pub(crate) fn push_decimal(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Appends an address as `Display` writes it; IPv4 without the formatting machinery.
+pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// Where key text is written: a `String`, or a [`StackKey`].
@@ -283,6 +307,27 @@ mod tests {
         );
         let unicode = cap_len("é".repeat(100), 64);
         assert!(unicode.len() <= 64);
+    }
+
+    #[test]
+    fn decimals_and_addresses_match_display() {
+        for n in [0u64, 7, 10, 4_294_967_295, u64::MAX] {
+            let mut s = String::new();
+            push_decimal(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for ip in [
+            "0.0.0.0",
+            "203.0.113.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
     }
 
     #[test]

@@ -320,8 +320,10 @@ impl Limiter {
         }
         let method = req.method();
         let mut info: Option<RequestInfo<'_>> = None;
-        let grpc = Self::is_grpc(req);
-        let mut checked = Checks::default();
+        // Read only when needed (a rejection, a Redis decision): most requests pass.
+        let grpc = || Self::is_grpc(req);
+        let states = self.headers.any();
+        let mut checked = Checks::new(states);
         #[cfg(feature = "redis")]
         let mut remote: Vec<(usize, Subject)> = Vec::new();
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
@@ -337,7 +339,8 @@ impl Limiter {
             };
             match &self.backend {
                 Backend::Memory(store) => {
-                    let outcome = store.check(policy.index, subject, &policy.windows, policy.cost);
+                    let outcome =
+                        store.check(policy.index, subject, &policy.windows, policy.cost, states);
                     if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
                         return Plan::Reject(Box::new(self.reject(reject, &checked)));
                     }
@@ -348,19 +351,19 @@ impl Limiter {
         }
         #[cfg(feature = "redis")]
         if !remote.is_empty() {
-            return Plan::Remote(remote, grpc);
+            return Plan::Remote(remote, grpc());
         }
-        if checked.is_empty() {
-            return Plan::Bypass;
+        match self.headers_for(&checked) {
+            Some(headers) => Plan::Allow(Some(headers)),
+            None => Plan::Bypass,
         }
-        Plan::Allow(self.headers_for(&checked))
     }
 
     /// Counts a decision; returns the rejection if the request must be refused.
     fn record<'a>(
         policy: &'a Compiled,
         outcome: super::gcra::Outcome,
-        grpc: bool,
+        grpc: impl FnOnce() -> bool,
         checked: &mut Checks<'a>,
     ) -> Option<Rejection> {
         count(
@@ -385,7 +388,7 @@ impl Limiter {
             RejectionKind::RateLimited,
             policy.name.clone(),
             Duration::from_micros(outcome.retry_after),
-            grpc,
+            grpc(),
         ))
     }
 
@@ -422,7 +425,7 @@ impl Limiter {
         let Backend::Redis(store) = &self.backend else {
             return Ok(None);
         };
-        let mut checked = Checks::default();
+        let mut checked = Checks::new(self.headers.any());
         for (index, subject) in subjects {
             let policy = &self.policies[index];
             let outcome = match store.check(policy, &subject).await {
@@ -450,13 +453,19 @@ impl Limiter {
                             return Err(self.reject(r, &Checks::default()));
                         }
                         FailureMode::LocalFallback { .. } => match &store.fallback {
-                            Some(m) => m.check(index, subject, &policy.fallback, policy.cost),
+                            Some(m) => m.check(
+                                index,
+                                subject,
+                                &policy.fallback,
+                                policy.cost,
+                                self.headers.any(),
+                            ),
                             None => continue,
                         },
                     }
                 }
             };
-            if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
+            if let Some(reject) = Self::record(policy, outcome, || grpc, &mut checked) {
                 return Err(self.reject(reject, &checked));
             }
         }

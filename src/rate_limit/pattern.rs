@@ -35,6 +35,20 @@ pub struct PathPattern {
     source: String,
     segments: Vec<Segment>,
     rest: bool,
+    fast: Fast,
+}
+
+/// How [`PathPattern::matches`] decides without splitting the path (checked per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fast {
+    /// `*`, `/*`: every path.
+    All,
+    /// Only literal segments: the path equals the pattern.
+    Exact,
+    /// Literal segments then `/*`: the path is `source[..n]`, or it followed by `/…`.
+    Prefix(usize),
+    /// A one-segment wildcard: segment by segment.
+    Segments,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +83,7 @@ impl PathPattern {
                 source: pattern.to_owned(),
                 segments: Vec::new(),
                 rest: true,
+                fast: Fast::All,
             });
         }
         let Some(body) = pattern.strip_prefix('/') else {
@@ -91,15 +106,36 @@ impl PathPattern {
                 segments.push(Segment::Literal((*part).to_owned()));
             }
         }
+        let fast = if segments.contains(&Segment::Any) {
+            Fast::Segments
+        } else if !rest {
+            Fast::Exact
+        } else if segments.is_empty() {
+            Fast::All
+        } else {
+            Fast::Prefix(pattern.len() - 2) // without the final "/*"
+        };
         Ok(Self {
             source: pattern.to_owned(),
             segments,
             rest,
+            fast,
         })
     }
 
     /// Whether `path` (without query) matches.
     pub fn matches(&self, path: &str) -> bool {
+        match self.fast {
+            Fast::All => true,
+            Fast::Exact => path == self.source,
+            Fast::Prefix(n) => path
+                .strip_prefix(&self.source[..n])
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+            Fast::Segments => self.matches_segments(path),
+        }
+    }
+
+    fn matches_segments(&self, path: &str) -> bool {
         let Some(body) = path.strip_prefix('/') else {
             return self.rest && self.segments.is_empty();
         };
@@ -189,6 +225,14 @@ mod tests {
         fn never_panics(pat in "\\PC{0,30}", path in "\\PC{0,30}") {
             if let Ok(p) = PathPattern::new(&pat) {
                 let _ = p.matches(&path);
+            }
+        }
+
+        #[test]
+        fn fast_paths_agree_with_segment_matching(pat in "(/([a-c]{0,2}|\\*|\\{x\\}))+|\\*",
+                                                  path in "(/[a-c*{}]{0,2}){0,4}|[a-c]{0,3}") {
+            if let Ok(p) = PathPattern::new(&pat) {
+                prop_assert_eq!(p.matches(&path), p.matches_segments(&path), "{} vs {}", pat, path);
             }
         }
 

@@ -1,6 +1,6 @@
 //! Named policies: quota windows, a key, the requests they apply to.
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{borrow::Cow, fmt, net::IpAddr, sync::Arc};
 
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Deserialize;
@@ -406,14 +406,18 @@ pub(crate) enum Subject {
 }
 
 impl Subject {
-    /// The `(kind, value)` parts of a Redis key.
+    /// The `(kind, value)` parts of a Redis key (only an address is rendered).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn parts(&self, policy_kind: &'static str) -> (&'static str, String) {
+    pub(crate) fn parts(&self, policy_kind: &'static str) -> (&'static str, Cow<'_, str>) {
         match self {
-            Self::Ip(ip) => ("ip", ip.to_string()),
-            Self::Text(t) => (policy_kind, t.to_string()),
-            Self::Global => ("global", String::new()),
-            Self::Unknown => ("unknown", String::new()),
+            Self::Ip(ip) => {
+                let mut text = String::with_capacity(15);
+                crate::key::push_ip(&mut text, *ip);
+                ("ip", Cow::Owned(text))
+            }
+            Self::Text(t) => (policy_kind, Cow::Borrowed(t)),
+            Self::Global => ("global", Cow::Borrowed("")),
+            Self::Unknown => ("unknown", Cow::Borrowed("")),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Rejections, the swappable rejection response, and the rate-limit headers.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -269,16 +269,36 @@ pub(crate) struct Checked<'a> {
     pub(crate) outcome: Outcome,
 }
 
-/// The decisions of one request: the first one inline (most requests match one policy),
-/// the others in a vector allocated only when needed.
-#[derive(Debug, Default)]
+/// The decisions of one request, for the headers: the first one inline (most requests
+/// match one policy), the others in a vector allocated only when needed. Without headers
+/// to render, nothing is kept (a decision is a hundred bytes to copy).
+#[derive(Debug)]
 pub(crate) struct Checks<'a> {
+    keep: bool,
     first: Option<Checked<'a>>,
     rest: Vec<Checked<'a>>,
 }
 
+impl Default for Checks<'_> {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
 impl<'a> Checks<'a> {
+    /// Decisions that are kept only when `keep` (the layer renders headers).
+    pub(crate) fn new(keep: bool) -> Self {
+        Self {
+            keep,
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+
     pub(crate) fn push(&mut self, c: Checked<'a>) {
+        if !self.keep {
+            return;
+        }
         if self.first.is_none() {
             self.first = Some(c);
         } else {
@@ -346,7 +366,10 @@ pub(crate) fn render(style: HeaderStyle, checked: &Checks<'_>, out: &mut Rendere
                 } else {
                     value.push_str(&super::policy::item_name(&c.policy.name, i, n));
                 }
-                let _ = write!(value, "\";r={};t={}", w.remaining, ceil_secs(w.reset));
+                value.push_str("\";r=");
+                crate::key::push_decimal(&mut value, w.remaining);
+                value.push_str(";t=");
+                crate::key::push_decimal(&mut value, ceil_secs(w.reset));
             }
         }
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {

@@ -88,44 +88,55 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let kind = match self.limiter.plan(&req) {
-            Plan::Bypass => Kind::Inner {
-                fut: self.inner.call(req),
-                headers: None,
-            },
-            Plan::Allow(headers) => Kind::Inner {
-                fut: self.inner.call(req),
-                headers,
-            },
-            Plan::Reject(res) => Kind::Ready {
-                res: Some(Box::new(res.map(ResponseBody::full))),
-            },
+        // One construction site for the common case, built where it ends up (a `Kind`
+        // built first and then wrapped costs a copy of the inner future).
+        let headers = match self.limiter.plan(&req) {
+            Plan::Bypass => None,
+            Plan::Allow(headers) => headers,
+            Plan::Reject(res) => {
+                return ResponseFuture {
+                    kind: Kind::Ready {
+                        res: Some(Box::new(res.map(ResponseBody::full))),
+                    },
+                };
+            }
             #[cfg(feature = "redis")]
             Plan::Remote(subjects, grpc) => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let limiter = self.limiter.clone();
-                Kind::Boxed {
-                    fut: Box::pin(async move {
-                        match limiter.decide_remote(subjects, grpc).await {
-                            Err(res) => Ok(res.map(ResponseBody::full)),
-                            Ok(headers) => {
-                                let res = inner.call(req).await?;
-                                Ok(decorate(res, headers))
+                return ResponseFuture {
+                    kind: Kind::Boxed {
+                        fut: Box::pin(async move {
+                            match limiter.decide_remote(subjects, grpc).await {
+                                Err(res) => Ok(res.map(ResponseBody::full)),
+                                Ok(headers) => {
+                                    let res = inner.call(req).await?;
+                                    Ok(decorate(res, headers))
+                                }
                             }
-                        }
-                    }),
-                }
+                        }),
+                    },
+                };
             }
         };
-        ResponseFuture { kind }
+        ResponseFuture {
+            kind: Kind::Inner {
+                fut: self.inner.call(req),
+                headers,
+            },
+        }
     }
 }
 
 fn decorate<B>(res: Response<B>, headers: Option<Rendered>) -> Response<ResponseBody<B>> {
     let mut res = res.map(ResponseBody::new);
-    for (name, value) in headers.into_iter().flatten() {
-        res.headers_mut().insert(name, value);
+    if let Some(headers) = headers {
+        let map = res.headers_mut();
+        map.reserve(headers.len());
+        for (name, value) in headers {
+            map.insert(name, value);
+        }
     }
     res
 }

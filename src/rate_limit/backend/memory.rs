@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
     sync::Mutex,
 };
 
@@ -41,7 +41,7 @@ impl Default for MemoryBackend {
     fn default() -> Self {
         Self {
             max_keys: DEFAULT_MAX_KEYS,
-            clock: Clock::tokio(),
+            clock: Clock::default(),
         }
     }
 }
@@ -62,7 +62,8 @@ impl MemoryBackend {
 
     /// The clock the windows are measured with.
     ///
-    /// By default, [`Clock::tokio`].
+    /// By default, [`Clock::default`]: quanta, or tokio's clock when the layer is built
+    /// while tokio's time is paused.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -116,7 +117,11 @@ type Shard = HashMap<MemKey, [u64; MAX_WINDOWS], BuildHasherDefault<IdHasher>>;
 pub(crate) struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
-    hasher: RandomState,
+    /// foldhash, randomly seeded per store (as hashbrown's default): SipHash cost about
+    /// as much as the rest of a decision. Keys are attacker-chosen (addresses, header
+    /// values) but the seed is not known to the attacker, and a shard never holds more
+    /// than `per_shard` keys.
+    hasher: foldhash::fast::RandomState,
     clock: Clock,
 }
 
@@ -148,22 +153,25 @@ impl MemoryStore {
                 })
                 .collect(),
             per_shard,
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             clock,
         }
     }
 
-    /// Decides one request for `(policy, subject)`.
+    /// Decides one request for `(policy, subject)`; the windows' states are computed only
+    /// when `states` (see [`gcra::decide_with`]).
     pub(crate) fn check(
         &self,
         policy: usize,
         subject: Subject,
         windows: &[Window],
         cost: u64,
+        states: bool,
     ) -> Outcome {
-        self.check_at(policy, subject, windows, cost, self.clock.now_us())
+        self.check_at(policy, subject, windows, cost, self.clock.now_us(), states)
     }
 
+    /// [`check`](Self::check) at a given time.
     pub(crate) fn check_at(
         &self,
         policy: usize,
@@ -171,6 +179,7 @@ impl MemoryStore {
         windows: &[Window],
         cost: u64,
         now: u64,
+        states: bool,
     ) -> Outcome {
         let hash = self.hasher.hash_one((policy, &subject));
         #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
@@ -184,10 +193,10 @@ impl MemoryStore {
             subject,
         };
         if let Some(tats) = map.get_mut(&key) {
-            return gcra::decide(&mut tats[..windows.len()], now, windows, cost);
+            return gcra::decide_with(&mut tats[..windows.len()], now, windows, cost, states);
         }
         let mut tats = [0u64; MAX_WINDOWS];
-        let outcome = gcra::decide(&mut tats[..windows.len()], now, windows, cost);
+        let outcome = gcra::decide_with(&mut tats[..windows.len()], now, windows, cost, states);
         if outcome.allowed {
             if map.len() >= self.per_shard {
                 evict(&mut map, now, self.per_shard);
@@ -273,7 +282,7 @@ mod tests {
         }];
         for i in 0..1_000_000u32 {
             let subject = Subject::Ip(IpAddr::from(i.to_be_bytes()));
-            assert!(store.check_at(0, subject, &w, 1, 1_000).allowed);
+            assert!(store.check_at(0, subject, &w, 1, 1_000, true).allowed);
         }
         let len = store.len();
         assert!(len <= 10_000, "{len} keys held, cap 10 000");
@@ -287,13 +296,13 @@ mod tests {
         let store = MemoryBackend::new().clock(Clock::manual(&manual)).build();
         let w = window(1, 1);
         let s = Subject::Text("alice".into());
-        assert!(store.check(0, s.clone(), &w, 1).allowed);
-        assert!(!store.check(0, s.clone(), &w, 1).allowed);
+        assert!(store.check(0, s.clone(), &w, 1, true).allowed);
+        assert!(!store.check(0, s.clone(), &w, 1, true).allowed);
         assert_eq!(store.len(), 1);
         manual.advance(Duration::from_secs(1));
         store.sweep();
         assert_eq!(store.len(), 0);
-        assert!(store.check(0, s.clone(), &w, 1).allowed);
+        assert!(store.check(0, s.clone(), &w, 1, true).allowed);
         assert!(format!("{store:?}").contains("shards"));
     }
 
@@ -302,10 +311,10 @@ mod tests {
         let store = MemoryBackend::new().build();
         let w = window(1, 1);
         let a = Subject::Ip("10.0.0.1".parse().unwrap());
-        assert!(store.check_at(0, a.clone(), &w, 1, 10).allowed);
-        assert!(!store.check_at(0, a.clone(), &w, 1, 10).allowed);
-        assert!(store.check_at(1, a.clone(), &w, 1, 10).allowed);
-        assert!(store.check_at(0, Subject::Global, &w, 1, 10).allowed);
-        assert!(store.check_at(0, Subject::Unknown, &w, 1, 10).allowed);
+        assert!(store.check_at(0, a.clone(), &w, 1, 10, true).allowed);
+        assert!(!store.check_at(0, a.clone(), &w, 1, 10, true).allowed);
+        assert!(store.check_at(1, a.clone(), &w, 1, 10, true).allowed);
+        assert!(store.check_at(0, Subject::Global, &w, 1, 10, true).allowed);
+        assert!(store.check_at(0, Subject::Unknown, &w, 1, 10, true).allowed);
     }
 }

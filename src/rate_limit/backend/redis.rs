@@ -14,7 +14,7 @@ use redis::{
 use serde::Deserialize;
 
 use super::super::{
-    gcra::{Clock, MAX_WINDOWS, Outcome, WindowState},
+    gcra::{self, Clock, MAX_WINDOWS, Outcome},
     policy::{Compiled, Subject},
 };
 use super::lease::{LeaseConfig, Leases, Take};
@@ -28,47 +28,38 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The GCRA script. `KEYS` are the windows of one decision (one hash tag, so Cluster
 /// routes them to one slot); `ARGV` = cost, a time override (empty: the server's `TIME`),
-/// then `interval, burst` per window, in microseconds. Returns
-/// `{allowed, retry_after_us, remaining_1, reset_us_1, …}`. The arithmetic mirrors
-/// `gcra::decide` exactly.
+/// then `interval, burst` per window, in microseconds. It decides atomically and stores
+/// the new theoretical arrival times (with an expiry when the window has recovered), and
+/// returns `{allowed, now_us, tat_1, …}`: the client derives the rest of the outcome
+/// (remaining, reset, retry-after) with `gcra::decide` on the same numbers, so both
+/// backends answer identically by construction, and the server does the least work (a
+/// script's cost is most of what separates a decision from a plain `GET`). The test of
+/// `tat + (cost - burst) × interval > now` is `gcra::decide`'s, exact in Lua's doubles
+/// (every value stays below 2^53).
 const SCRIPT: &str = r"
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 end
 local cost = tonumber(ARGV[1])
-local n = #KEYS
-local tats, news = {}, {}
-local allowed, retry = 1, 0
-for i = 1, n do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+local out = {1, now}
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i])) or 0
+  out[i + 2] = tat
   if tat < now then tat = now end
-  local new = tat + cost * interval
-  local allow_at = new - burst * interval
-  if allow_at > now then
-    allowed = 0
-    if allow_at - now > retry then retry = allow_at - now end
+  if tat + (cost - tonumber(ARGV[2 + 2 * i])) * tonumber(ARGV[1 + 2 * i]) > now then
+    out[1] = 0
   end
-  tats[i] = tat
-  news[i] = new
 end
-local out = {allowed, retry}
-for i = 1, n do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local used
-  if allowed == 1 then used = news[i] - now else used = tats[i] - now end
-  local rem = burst * interval - used
-  if rem < 0 then rem = 0 end
-  out[#out + 1] = math.floor(rem / interval)
-  out[#out + 1] = used
-  if allowed == 1 then
-    redis.call('SET', KEYS[i], string.format('%.0f', news[i]), 'PX', math.ceil(used / 1000) + 1)
+if out[1] == 1 then
+  for i = 1, #KEYS do
+    local tat = out[i + 2]
+    if tat < now then tat = now end
+    local used = tat - now + cost * tonumber(ARGV[1 + 2 * i])
+    redis.call('SET', KEYS[i], string.format('%.0f', now + used), 'PX', math.ceil(used / 1000) + 1)
   end
 end
 return out
@@ -173,7 +164,7 @@ impl RedisBackend {
             timeout: DEFAULT_TIMEOUT,
             failure: FailureMode::default(),
             retry_interval: DEFAULT_RETRY_INTERVAL,
-            clock: Clock::tokio(),
+            clock: Clock::default(),
             fallback_max_keys: DEFAULT_MAX_KEYS,
             lease: None,
         }
@@ -268,7 +259,8 @@ impl RedisBackend {
 
     /// The clock for the retry interval and the local fallback.
     ///
-    /// By default, [`Clock::tokio`].
+    /// By default, [`Clock::default`]: quanta, or tokio's clock when the backend is built
+    /// while tokio's time is paused.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -371,16 +363,16 @@ impl RedisStore {
         self.backend.failure
     }
 
-    /// The Redis keys of one decision: one per window, all with the same hash tag.
-    pub(crate) fn keys(&self, policy: &Compiled, subject: &Subject) -> Vec<String> {
+    /// The start of the Redis keys of one decision, `{prefix:1:policy:kind:value}:`; the
+    /// window's index completes each key, so all of them share the hash tag.
+    pub(crate) fn key_base(&self, policy: &Compiled, subject: &Subject) -> String {
         let (kind, value) = subject.parts(policy.key.kind());
-        let base = self
-            .backend
-            .keys
-            .build([&*policy.name, kind, value.as_str()]);
-        (0..policy.windows.len())
-            .map(|i| format!("{{{base}}}:{i}"))
-            .collect()
+        let inner = self.backend.keys.build([&*policy.name, kind, &*value]);
+        let mut base = String::with_capacity(inner.len() + 4);
+        base.push('{');
+        base.push_str(&inner);
+        base.push_str("}:");
+        base
     }
 
     /// One decision, one round trip.
@@ -389,18 +381,18 @@ impl RedisStore {
         policy: &Compiled,
         subject: &Subject,
     ) -> Result<Outcome, BackendError> {
-        let keys = self.keys(policy, subject);
+        let base = self.key_base(policy, subject);
         let down = match self.down_until.len() {
             1 => &self.down_until[0],
-            _ => &self.down_until[usize::from(key_slot(&keys[0]))],
+            _ => &self.down_until[usize::from(key_slot(&base))],
         };
         let now = self.backend.clock.now_us();
         if down.load(Ordering::Relaxed) > now {
             return Err(BackendError::Down);
         }
         let result = match &self.leases {
-            None => self.eval_keys(&keys, policy, policy.cost, None).await,
-            Some(leases) => self.leased(leases, &keys, policy, now).await,
+            None => self.eval_keys(base, policy, policy.cost, None).await,
+            Some(leases) => self.leased(leases, base, policy, now).await,
         };
         if result.is_err() {
             let interval =
@@ -418,7 +410,7 @@ impl RedisStore {
         subject: &Subject,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
-        self.eval_keys(&self.keys(policy, subject), policy, policy.cost, now_us)
+        self.eval_keys(self.key_base(policy, subject), policy, policy.cost, now_us)
             .await
     }
 
@@ -427,48 +419,54 @@ impl RedisStore {
     async fn leased(
         &self,
         leases: &Leases,
-        keys: &[String],
+        base: String,
         policy: &Compiled,
         now: u64,
     ) -> Result<Outcome, BackendError> {
-        let key = &keys[0];
-        if let Take::Served(outcome) = leases.take(key, policy.cost, now) {
+        if let Take::Served(outcome) = leases.take(&base, policy.cost, now) {
             return Ok(outcome);
         }
         // One round trip per key at a time: the others wait, then use its answer.
-        let _flight = leases.flight(key).await;
+        let _flight = leases.flight(&base).await;
         let now = self.backend.clock.now_us();
-        match leases.take(key, policy.cost, now) {
+        match leases.take(&base, policy.cost, now) {
             Take::Served(outcome) => return Ok(outcome),
-            Take::Plain => return self.eval_keys(keys, policy, policy.cost, None).await,
+            Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
             Take::Lease => {}
         }
         let batch = leases.batch_cost(policy.cost);
-        let mut outcome = self.eval_keys(keys, policy, batch, None).await?;
+        let mut outcome = self.eval_keys(base.clone(), policy, batch, None).await?;
         if outcome.allowed {
             let extra = batch - policy.cost;
-            leases.store(key, extra, now, outcome);
+            leases.store(&base, extra, now, outcome);
             let left = extra / policy.cost.max(1);
             for w in &mut outcome.windows[..outcome.len] {
                 w.remaining = w.remaining.saturating_add(left);
             }
             return Ok(outcome);
         }
-        let single = self.eval_keys(keys, policy, policy.cost, None).await?;
-        leases.plain(key, now, single);
+        let single = self
+            .eval_keys(base.clone(), policy, policy.cost, None)
+            .await?;
+        leases.plain(&base, now, single);
         Ok(single)
     }
 
+    /// Runs the script for a request of `cost` on the keys starting with `key` (the
+    /// decision's [`key_base`](Self::key_base)).
     async fn eval_keys(
         &self,
-        keys: &[String],
+        mut key: String,
         policy: &Compiled,
         cost: u64,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
         let mut inv = self.script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
+        for i in 0..policy.windows.len() {
+            // At most four windows: one digit.
+            key.push(char::from(b'0' + u8::try_from(i).unwrap_or(0)));
+            inv.key(key.as_str());
+            key.pop();
         }
         inv.arg(cost);
         inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
@@ -483,12 +481,11 @@ impl RedisStore {
             }
         };
         let reply = tokio::time::timeout(self.backend.timeout, call).await;
-        metrics::histogram!("rate_limit_backend_seconds", "backend" => "redis")
-            .record(started.elapsed().as_secs_f64());
+        record_latency(started.elapsed());
         let values = reply
             .map_err(|_| BackendError::Timeout)?
             .map_err(BackendError::Redis)?;
-        parse_reply(&values, policy.windows.len()).ok_or_else(|| {
+        parse_reply(&values, policy, cost).ok_or_else(|| {
             BackendError::Redis(RedisError::from((
                 redis::ErrorKind::Parse,
                 "unexpected rate-limit script reply",
@@ -526,37 +523,59 @@ pub(crate) fn key_slot(key: &str) -> u16 {
     crc & 0x3fff
 }
 
-fn parse_reply(values: &[i64], windows: usize) -> Option<Outcome> {
-    if values.len() != 2 + 2 * windows || windows > MAX_WINDOWS {
+/// `rate_limit_backend_seconds{backend="redis"}`, with a key built at compile time.
+fn record_latency(elapsed: std::time::Duration) {
+    static LABELS: [metrics::Label; 1] = [metrics::Label::from_static_parts("backend", "redis")];
+    static KEY: metrics::Key =
+        metrics::Key::from_static_parts("rate_limit_backend_seconds", &LABELS);
+    static META: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    metrics::with_recorder(|r| r.register_histogram(&KEY, &META)).record(elapsed.as_secs_f64());
+}
+
+/// The outcome from the script's `{allowed, now, tat…}`: `gcra::decide` on the same
+/// numbers, with the script's answer (the one it acted on) authoritative.
+fn parse_reply(values: &[i64], policy: &Compiled, cost: u64) -> Option<Outcome> {
+    let windows = policy.windows.len();
+    if values.len() != 2 + windows || windows > MAX_WINDOWS {
         return None;
     }
-    let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    let mut out = Outcome {
-        allowed: values[0] == 1,
-        retry_after: u(values[1]),
-        windows: [WindowState::default(); MAX_WINDOWS],
-        len: windows,
-    };
-    for i in 0..windows {
-        out.windows[i] = WindowState {
-            remaining: u(values[2 + 2 * i]),
-            reset: u(values[3 + 2 * i]),
-        };
+    let now = u64::try_from(values[1]).ok().filter(|n| *n > 0)?;
+    let mut tats = [0u64; MAX_WINDOWS];
+    for (tat, v) in tats.iter_mut().zip(&values[2..]) {
+        *tat = u64::try_from(*v).unwrap_or(0);
     }
-    Some(out)
+    let outcome = gcra::decide(&mut tats[..windows], now, &policy.windows, cost);
+    // They cannot disagree (same arithmetic); if a foreign script answered, fail rather
+    // than report headers for a decision that was not the one taken.
+    (outcome.allowed == (values[0] == 1)).then_some(outcome)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::rate_limit::{Policy, Quota};
+
     #[test]
     fn replies_are_checked() {
-        assert!(parse_reply(&[1, 0], 1).is_none());
-        let o = parse_reply(&[0, 5, 0, 60], 1).unwrap();
+        // One request per second, burst 1: a TAT one second ahead means "wait 1 s".
+        let policy = Policy::new("p", Quota::per_second(1))
+            .compile(0, 1)
+            .unwrap();
+        let now = 5_000_000;
+        assert!(parse_reply(&[1, now], &policy, 1).is_none(), "too short");
+        assert!(parse_reply(&[1, 0, 0], &policy, 1).is_none(), "no time");
+        let o = parse_reply(&[0, now, now + 1_000_000], &policy, 1).unwrap();
         assert!(!o.allowed);
-        assert_eq!(o.retry_after, 5);
-        assert_eq!(o.windows()[0].reset, 60);
-        assert!(parse_reply(&[1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 5).is_none());
+        assert_eq!(o.retry_after, 1_000_000);
+        assert_eq!(o.windows()[0].reset, 1_000_000);
+        let o = parse_reply(&[1, now, 0], &policy, 1).unwrap();
+        assert!(o.allowed);
+        assert_eq!(o.windows()[0].remaining, 0);
+        assert!(
+            parse_reply(&[1, now, now + 1_000_000], &policy, 1).is_none(),
+            "a reply contradicting the arithmetic is refused"
+        );
     }
 }

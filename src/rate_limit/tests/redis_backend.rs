@@ -58,7 +58,7 @@ async fn same_sequence_same_answers_in_memory_and_redis() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         now += seed % 700_000;
-        let m = memory.check_at(0, subject.clone(), &policy.windows, policy.cost, now);
+        let m = memory.check_at(0, subject.clone(), &policy.windows, policy.cost, now, true);
         let r = store.eval(&policy, &subject, Some(now)).await.unwrap();
         assert_eq!(m, r, "decision {i} at {now}");
         allowed += usize::from(m.allowed);
