@@ -185,11 +185,16 @@ fn summary(rt: &Runtime, s: &Setup) {
     let rps = |router: &Router| n as f64 / rt.block_on(load(router, &s.token, n)).as_secs_f64();
     let (mut full_vs_bare, mut prof_vs_off) = (Vec::new(), Vec::new());
     let (mut bare, mut full, mut off) = (0.0, 0.0, 0.0);
-    // Interleaved rounds; the median ratio is robust to a shared machine's drift.
-    for _ in 0..7 {
-        bare = rps(&s.bare);
-        full = rps(&s.full);
-        off = rps(&s.no_profiler);
+    // Interleaved rounds, the order rotated each round (no stack always runs after
+    // another); the median ratio is robust to a shared machine's drift.
+    for round in 0..9 {
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => bare = rps(&s.bare),
+                1 => full = rps(&s.full),
+                _ => off = rps(&s.no_profiler),
+            }
+        }
         full_vs_bare.push(full / bare);
         prof_vs_off.push(full / off);
     }
@@ -198,7 +203,7 @@ fn summary(rt: &Runtime, s: &Setup) {
         v[v.len() / 2]
     };
     println!(
-        "\nERP list endpoint, {IN_FLIGHT} in flight, {n} requests per round, 7 rounds (last round: bare {bare:.0}, full {full:.0}, full without profiler {off:.0} req/s)"
+        "\nERP list endpoint, {IN_FLIGHT} in flight, {n} requests per round, 9 rounds (last round: bare {bare:.0}, full {full:.0}, full without profiler {off:.0} req/s)"
     );
     println!(
         "  full stack / bare:            median {:.3}x  (target >= 0.8x)",
