@@ -796,23 +796,24 @@ impl<C: Codec> Cache<C> {
 /// stored with these versions, so an invalidation in between makes it born stale (a
 /// miss) instead of fresh. Used by the response cache for its declared tags.
 #[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    tags: Vec<String>,
+pub(crate) struct Snapshot<'a> {
+    /// The tags read, escaped.
+    tags: &'a [String],
     versions: Vec<u64>,
     epoch: Option<u64>,
 }
 
 impl<C: Codec> Cache<C> {
-    /// [`get`](Self::get), also reading the current versions of `tags`.
-    pub(crate) async fn get_with_snapshot<T: DeserializeOwned>(
+    /// [`get`](Self::get), also reading the current versions of `tags` (already escaped
+    /// with [`escape_part`], as stored).
+    pub(crate) async fn get_with_snapshot<'t, T: DeserializeOwned>(
         &self,
         key: &str,
-        tags: &[String],
+        tags: &'t [String],
         ttl: super::Ttl,
-    ) -> (Option<T>, Snapshot) {
+    ) -> (Option<T>, Snapshot<'t>) {
         let loc = self.loc(key);
-        let escaped: Vec<String> = tags.iter().map(|t| escape_part(t)).collect();
-        let want: Vec<&str> = escaped.iter().map(String::as_str).collect();
+        let want: Vec<&str> = tags.iter().map(String::as_str).collect();
         let fetched = self
             .shared
             .store
@@ -822,13 +823,13 @@ impl<C: Codec> Cache<C> {
             Some(body) => self.decode(&loc, body).await,
             None => None,
         };
-        let versions = if fetched.versions.len() == escaped.len() {
+        let versions = if fetched.versions.len() == tags.len() {
             fetched.versions
         } else {
             Vec::new()
         };
         let snapshot = Snapshot {
-            tags: escaped,
+            tags,
             versions,
             epoch: Some(fetched.epoch),
         };
@@ -842,7 +843,7 @@ impl<C: Codec> Cache<C> {
         key: &str,
         value: &T,
         options: &CacheOptions,
-        snapshot: &Snapshot,
+        snapshot: &Snapshot<'_>,
     ) -> bool {
         let Some(body) = self.encode(value) else {
             return false;

@@ -235,7 +235,8 @@ impl<C: Codec> ResponseCacheLayer<C> {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        // Stored escaped, as the cache keeps them: no per-request escaping.
+        let tags: Vec<String> = tags.into_iter().map(|t| escape_part(&t.into())).collect();
         self.edit(|c| c.tags = tags)
     }
 }

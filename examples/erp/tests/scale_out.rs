@@ -32,7 +32,7 @@ use std::{
 };
 
 use axum::body::Bytes;
-use common::TempDatabase;
+use common::{TempDatabase, TempDir};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, header::HeaderValue};
 use hyper_util::{
@@ -243,7 +243,8 @@ struct Fleet {
     instances: Vec<Instance>,
     http: Http,
     db: Option<Database>,
-    dir: PathBuf,
+    /// Removed last (after the processes are gone), also when a test panics.
+    _dir: TempDir,
 }
 
 struct FleetSpec<'a> {
@@ -255,8 +256,8 @@ struct FleetSpec<'a> {
 
 impl Fleet {
     async fn start(spec: FleetSpec<'_>) -> Self {
-        let dir = std::env::temp_dir().join(format!("rampart-scale-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new("rampart-scale");
+        let dir = tmp.path().to_path_buf();
         let db = Database::create(&dir).await;
         println!(
             "fleet database: {}",
@@ -271,12 +272,12 @@ impl Fleet {
             std::fs::write(&path, text).unwrap();
             path
         });
-        let prefix = format!("scale{}", free_port());
+        let prefix = format!("scale{}", uuid::Uuid::new_v4().simple());
         let mut fleet = Self {
             instances: Vec::new(),
             http: Http::new(),
             db: None,
-            dir: dir.clone(),
+            _dir: tmp,
         };
         // The first instance migrates and seeds alone; then the two others join.
         for (i, mode) in spec.modes.iter().enumerate() {
@@ -466,7 +467,6 @@ impl Fleet {
         if let Some(db) = self.db.take() {
             db.drop_db().await;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -13,7 +13,7 @@ use axum::{
     extract::ConnectInfo,
     http::{Method, Request},
 };
-use common::{Res, TestApp};
+use common::{Res, TempDir, TestApp};
 use rampart_erp::{Config, ledger};
 use rampart_test_support::RedisServer;
 use serde_json::{Value, json};
@@ -116,18 +116,9 @@ struct Pair {
     _dir: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn pair(redis_url: &str, failure_mode: &str) -> Pair {
-    let dir = std::env::temp_dir().join(format!("rampart-erp-shared-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite:{}", dir.join("erp.db").display());
+    let dir = TempDir::new("rampart-erp-shared");
+    let db = format!("sqlite:{}", dir.path().join("erp.db").display());
     let instance = || {
         let mut config = Config::for_tests(db.clone());
         config.redis_url = Some(redis_url.to_owned());
@@ -142,11 +133,7 @@ async fn pair(redis_url: &str, failure_mode: &str) -> Pair {
     let a = TestApp::with_config(instance()).await;
     let b = TestApp::with_config(instance()).await;
     assert_eq!(a.state.backends().kind, "redis");
-    Pair {
-        a,
-        b,
-        _dir: TempDir(dir),
-    }
+    Pair { a, b, _dir: dir }
 }
 
 fn login_attempt() -> Request<Body> {

@@ -125,18 +125,21 @@ impl Leases {
             return Take::Lease;
         }
         lease.units -= cost;
-        let mut out = lease.base;
-        // The reservation's unused units still count as available to this caller.
-        let left = lease.units / cost.max(1);
-        for w in &mut out.windows[..out.len] {
-            w.remaining = w.remaining.saturating_add(left);
-        }
-        Take::Served(out)
+        Take::Served(with_reserved(lease.base, lease.units, cost))
     }
 
-    /// Records a reservation of `units` more (beyond the request that took it).
-    pub(crate) fn store(&self, key: &str, units: u64, now: u64, base: Outcome) {
+    /// Records a reservation of `units` more (beyond the request of `cost` that took
+    /// it); returns that request's answer, the reservation counted as available.
+    pub(crate) fn store(
+        &self,
+        key: &str,
+        units: u64,
+        cost: u64,
+        now: u64,
+        base: Outcome,
+    ) -> Outcome {
         self.insert(key, now, base, units, false, self.ttl_us());
+        with_reserved(base, units, cost)
     }
 
     /// Records that no batch fits on `key` for now: `single` is the answer to this
@@ -183,6 +186,16 @@ impl Leases {
     }
 }
 
+/// `base` with the reservation's unused `units` (requests of `cost`) counted as still
+/// available to this instance.
+fn with_reserved(mut base: Outcome, units: u64, cost: u64) -> Outcome {
+    let left = units / cost.max(1);
+    for w in &mut base.windows[..base.len] {
+        w.remaining = w.remaining.saturating_add(left);
+    }
+    base
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +223,7 @@ mod tests {
         );
         assert_eq!(leases.batch_cost(2), 8);
         assert!(matches!(leases.take("a", 1, 0), Take::Lease));
-        leases.store("a", 3, 0, outcome(10));
+        leases.store("a", 3, 1, 0, outcome(10));
         for left in [2, 1, 0] {
             match leases.take("a", 1, 1) {
                 Take::Served(o) => assert_eq!(o.windows()[0].remaining, 10 + left),
@@ -218,7 +231,7 @@ mod tests {
             }
         }
         assert!(matches!(leases.take("a", 1, 1), Take::Lease), "used up");
-        leases.store("a", 3, 0, outcome(10));
+        leases.store("a", 3, 1, 0, outcome(10));
         assert!(
             matches!(leases.take("a", 1, 10_000), Take::Lease),
             "expired after the TTL"
@@ -238,10 +251,10 @@ mod tests {
             "delay over"
         );
         leases.remove_for_test("r");
-        leases.store("c", 3, 0, outcome(1));
-        leases.store("d", 3, 0, outcome(1));
+        leases.store("c", 3, 1, 0, outcome(1));
+        leases.store("d", 3, 1, 0, outcome(1));
         assert!(leases.len() <= 2, "bounded");
-        leases.store("e", 3, 20_000, outcome(1));
+        leases.store("e", 3, 1, 20_000, outcome(1));
         assert!(
             matches!(leases.take("e", 1, 20_001), Take::Served(_)),
             "expired ones make room"

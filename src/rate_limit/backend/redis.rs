@@ -435,15 +435,10 @@ impl RedisStore {
             Take::Lease => {}
         }
         let batch = leases.batch_cost(policy.cost);
-        let mut outcome = self.eval_keys(base.clone(), policy, batch, None).await?;
+        let outcome = self.eval_keys(base.clone(), policy, batch, None).await?;
         if outcome.allowed {
             let extra = batch - policy.cost;
-            leases.store(&base, extra, now, outcome);
-            let left = extra / policy.cost.max(1);
-            for w in &mut outcome.windows[..outcome.len] {
-                w.remaining = w.remaining.saturating_add(left);
-            }
-            return Ok(outcome);
+            return Ok(leases.store(&base, extra, policy.cost, now, outcome));
         }
         let single = self
             .eval_keys(base.clone(), policy, policy.cost, None)
