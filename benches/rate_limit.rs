@@ -8,7 +8,8 @@
 //!
 //! `cargo bench --bench rate_limit --all-features`. After criterion's figures, a summary
 //! of the ratios measured with plain `Instant` loops in the same run is printed: medians
-//! of interleaved rounds (anchor, ours, anchor, ours, …).
+//! of interleaved rounds (anchor, ours, anchor, ours, …); `BENCH_NO_SUMMARY=1` skips it
+//! (for a run under a profiler).
 
 use std::{
     convert::Infallible,
@@ -138,6 +139,10 @@ fn bench(c: &mut Criterion) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    // `BENCH_NO_SUMMARY=1`: criterion's measurements only (for a profiler run).
+    if std::env::var_os("BENCH_NO_SUMMARY").is_some() {
+        return;
+    }
     rt.block_on(async {
         let (rounds, n) = (15, 20_000);
         let mut t: [Vec<f64>; 5] = Default::default();

@@ -87,6 +87,7 @@ pub struct PeerAddr(pub SocketAddr);
 ///
 /// Looks at [`PeerAddr`], then axum's `ConnectInfo<SocketAddr>` (feature `axum`), then
 /// tonic's `TcpConnectInfo` (feature `tonic`).
+#[inline]
 pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
     if let Some(PeerAddr(addr)) = ext.get::<PeerAddr>() {
@@ -190,7 +191,11 @@ impl TrustedProxies {
     }
 
     /// Whether `ip` is one of the trusted proxies.
+    #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
+        if self.nets.is_empty() {
+            return false;
+        }
         let ip = canonical(ip);
         self.nets.iter().any(|net| net.contains(&ip))
     }
@@ -376,11 +381,13 @@ impl ClientIpResolver {
 
     /// The client address of `req`, or `None` when no peer address is known (for example
     /// a request built in a test without [`PeerAddr`]).
+    #[inline]
     pub fn resolve<B>(&self, req: &Request<B>) -> Option<ClientIp> {
         self.resolve_parts(req.headers(), peer_addr(req))
     }
 
     /// [`resolve`](Self::resolve) from the parts of a request.
+    #[inline]
     pub fn resolve_parts(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<ClientIp> {
         let peer = canonical(peer?.ip());
         let make = |addr, source| ClientIp {

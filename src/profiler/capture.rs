@@ -22,7 +22,7 @@ use tracing_subscriber::{
 };
 
 use super::{
-    normalize::{n_plus_one, normalize_sql, similar_groups},
+    normalize::{n_plus_one, similar_groups},
     record::{QueryRecord, RequestRecord},
     store::ProfileStore,
 };
@@ -135,7 +135,7 @@ impl Drop for Collector {
             .queries
             .sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
         for q in &mut record.queries {
-            q.statement = normalize_sql(&q.statement);
+            q.statement = self.store.normalize(&q.statement);
         }
         record.query_count = d.query_count;
         record.db_ms = d.db_ms;

@@ -1,6 +1,9 @@
 //! SQL normalisation and the per-request analysis: similar-query groups and N+1 findings.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use serde::Serialize;
 
@@ -56,6 +59,56 @@ pub fn normalize_sql(sql: &str) -> String {
         }
     }
     out
+}
+
+/// Statements remembered by a [`Memo`].
+const MEMO_ENTRIES: usize = 512;
+/// Longest raw statement a [`Memo`] remembers, in bytes.
+const MEMO_STATEMENT_LEN: usize = 8192;
+
+/// Remembers the normalised form of recent statements: an application runs the same few
+/// statements over and over (bind parameters keep them identical), and normalising is
+/// what a profiled request's record costs most once it is finished.
+///
+/// Bounded: at most [`MEMO_ENTRIES`] statements of at most [`MEMO_STATEMENT_LEN`] bytes
+/// each; when full it starts over (statements with inlined literals, all different, then
+/// cost what they would cost without it).
+pub(crate) struct Memo {
+    map: Mutex<HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>>,
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::with_hasher(foldhash::fast::RandomState::default())),
+        }
+    }
+}
+
+impl Memo {
+    /// [`normalize_sql`], remembered.
+    pub(crate) fn normalize(&self, sql: &str) -> String {
+        if sql.len() > MEMO_STATEMENT_LEN {
+            return normalize_sql(sql);
+        }
+        let lock = || self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = lock().get(sql) {
+            return known.to_string();
+        }
+        // Normalised outside the lock.
+        let normalized = normalize_sql(sql);
+        let mut map = lock();
+        if map.len() >= MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(sql.into(), normalized.as_str().into());
+        normalized
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -475,6 +528,27 @@ mod tests {
             rows_affected: None,
             source: "test".into(),
         }
+    }
+
+    #[test]
+    fn the_memo_answers_as_normalize_sql_and_stays_bounded() {
+        let memo = Memo::default();
+        let sql = "SELECT * FROM t WHERE id = $1 AND name = 'x'";
+        assert_eq!(memo.normalize(sql), normalize_sql(sql));
+        assert_eq!(memo.len(), 1);
+        // Remembered: the second answer is the same, and nothing new is stored.
+        assert_eq!(memo.normalize(sql), "SELECT * FROM t WHERE id = ? AND name = ?");
+        assert_eq!(memo.len(), 1);
+        for i in 0..MEMO_ENTRIES * 3 {
+            let sql = format!("SELECT {i} FROM t");
+            assert_eq!(memo.normalize(&sql), "SELECT ? FROM t");
+            assert!(memo.len() <= MEMO_ENTRIES);
+        }
+        // Too long to remember: normalised all the same.
+        let long = format!("SELECT '{}'", "a".repeat(MEMO_STATEMENT_LEN));
+        let before = memo.len();
+        assert_eq!(memo.normalize(&long), "SELECT ?");
+        assert_eq!(memo.len(), before);
     }
 
     #[test]

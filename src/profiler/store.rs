@@ -11,7 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::record::RequestRecord;
+use super::{normalize::Memo, record::RequestRecord};
 use crate::error::ConfigError;
 
 /// How much the [`ProfileStore`] keeps.
@@ -102,6 +102,8 @@ struct Inner {
     state: Mutex<State>,
     next_id: AtomicU64,
     recorded: AtomicU64,
+    /// Normalised statements, shared by every request recorded here.
+    memo: Memo,
 }
 
 /// Where profiles go: the last `max_records` records within `max_bytes`, plus the
@@ -160,6 +162,7 @@ impl ProfileStore {
                 }),
                 next_id: AtomicU64::new(1),
                 recorded: AtomicU64::new(0),
+                memo: Memo::default(),
             }),
         }
     }
@@ -174,6 +177,11 @@ impl ProfileStore {
     /// The limits.
     pub fn limits(&self) -> StoreLimits {
         self.inner.limits
+    }
+
+    /// The normalised form of a raw statement (remembered for the next requests).
+    pub(crate) fn normalize(&self, sql: &str) -> String {
+        self.inner.memo.normalize(sql)
     }
 
     pub(crate) fn next_id(&self) -> u64 {

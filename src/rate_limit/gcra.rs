@@ -63,6 +63,7 @@ pub(crate) fn decide(tats: &mut [u64], now: u64, windows: &[Window], cost: u64) 
 
 /// [`decide`], computing the windows' states (remaining, reset: a division each) only
 /// when `states` (someone renders headers from them); otherwise they stay zero.
+#[inline]
 pub(crate) fn decide_with(
     tats: &mut [u64],
     now: u64,

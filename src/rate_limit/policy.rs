@@ -423,12 +423,14 @@ impl Subject {
 }
 
 impl Compiled {
+    #[inline]
     pub(crate) fn applies(&self, method: &Method, path: &str) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
     }
 
     /// The subject of `req` for this policy; `None` when the policy skips it.
+    #[inline]
     pub(crate) fn subject(
         &self,
         info: &RequestInfo<'_>,

@@ -33,6 +33,8 @@ use tower::ServiceExt;
 use tracing_subscriber::prelude::*;
 
 const IN_FLIGHT: u64 = 8;
+/// Interleaved rounds of the summary (odd: the median is one round's ratio).
+const ROUNDS: usize = 15;
 
 /// A limiter that never says no (every request still pays for a decision).
 const GENEROUS: &str = r#"
@@ -177,7 +179,10 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
-    summary(&rt, &s);
+    // `BENCH_NO_SUMMARY=1`: criterion's measurements only (for a profiler run).
+    if std::env::var_os("BENCH_NO_SUMMARY").is_none() {
+        summary(&rt, &s);
+    }
 }
 
 fn summary(rt: &Runtime, s: &Setup) {
@@ -187,7 +192,7 @@ fn summary(rt: &Runtime, s: &Setup) {
     let (mut bare, mut full, mut off) = (0.0, 0.0, 0.0);
     // Interleaved rounds, the order rotated each round (no stack always runs after
     // another); the median ratio is robust to a shared machine's drift.
-    for round in 0..9 {
+    for round in 0..ROUNDS {
         for k in 0..3 {
             match (round + k) % 3 {
                 0 => bare = rps(&s.bare),
@@ -200,10 +205,12 @@ fn summary(rt: &Runtime, s: &Setup) {
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
+        let spread: Vec<String> = v.iter().map(|r| format!("{r:.3}")).collect();
+        eprintln!("  rounds (sorted): {}", spread.join(" "));
         v[v.len() / 2]
     };
     println!(
-        "\nERP list endpoint, {IN_FLIGHT} in flight, {n} requests per round, 9 rounds (last round: bare {bare:.0}, full {full:.0}, full without profiler {off:.0} req/s)"
+        "\nERP list endpoint, {IN_FLIGHT} in flight, {n} requests per round, {ROUNDS} rounds (last round: bare {bare:.0}, full {full:.0}, full without profiler {off:.0} req/s)"
     );
     println!(
         "  full stack / bare:            median {:.3}x  (target >= 0.8x)",

@@ -160,6 +160,7 @@ impl MemoryStore {
 
     /// Decides one request for `(policy, subject)`; the windows' states are computed only
     /// when `states` (see [`gcra::decide_with`]).
+    #[inline]
     pub(crate) fn check(
         &self,
         policy: usize,
@@ -172,6 +173,7 @@ impl MemoryStore {
     }
 
     /// [`check`](Self::check) at a given time.
+    #[inline]
     pub(crate) fn check_at(
         &self,
         policy: usize,
