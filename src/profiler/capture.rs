@@ -5,9 +5,10 @@ use std::{
     cell::RefCell,
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use quanta::Instant;
 use tracing::{
     Event, Metadata, Subscriber,
     field::{Field, Visit},

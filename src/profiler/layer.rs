@@ -9,10 +9,11 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Buf;
+use quanta::Instant;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -183,6 +184,8 @@ impl ProfilerLayer {
     /// A profiler with the defaults: every request sampled, `Server-Timing` on, N+1 at 5,
     /// `metrics` on, a store of the last 1000 records within 32 MiB plus the 50 slowest.
     pub fn new() -> Self {
+        // quanta calibrates its clock on first use (up to 200 ms): now, not on a request.
+        let _ = Instant::now();
         Self {
             shared: Arc::new(Shared {
                 store: ProfileStore::default(),
@@ -534,6 +537,61 @@ fn method_label(m: &Method) -> metrics::SharedString {
     }
 }
 
+/// The three digits of every status code from 100 to 599, so that a status label is a
+/// `&'static str` (no allocation per request).
+static STATUS_DIGITS: [u8; 1500] = {
+    let mut d = [0u8; 1500];
+    let mut i = 0;
+    while i < 500 {
+        let n = 100 + i;
+        // Each digit is below 10: the casts cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            d[i * 3] = b'0' + (n / 100) as u8;
+            d[i * 3 + 1] = b'0' + (n / 10 % 10) as u8;
+            d[i * 3 + 2] = b'0' + (n % 10) as u8;
+        }
+        i += 1;
+    }
+    d
+};
+
+/// A metrics label for a status code, without allocating for 100 to 599.
+fn status_label(status: u16) -> metrics::SharedString {
+    if (100..600).contains(&status) {
+        let at = usize::from(status - 100) * 3;
+        if let Ok(digits) = std::str::from_utf8(&STATUS_DIGITS[at..at + 3]) {
+            return metrics::SharedString::const_str(digits);
+        }
+    }
+    metrics::SharedString::from(status.to_string())
+}
+
+/// Writes a duration in milliseconds with three decimals (`12.345`) from whole
+/// microseconds: integer formatting, cheaper than a float's.
+fn push_millis(out: &mut String, micros: u64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+}
+
+/// The `Server-Timing` value: `total;dur=…` and, for a profiled request,
+/// `db;dur=…;desc="N queries"`.
+fn server_timing_value(total: std::time::Duration, db: Option<(usize, f64)>) -> String {
+    let mut v = String::with_capacity(64);
+    v.push_str("total;dur=");
+    push_millis(&mut v, u64::try_from(total.as_micros()).unwrap_or(u64::MAX));
+    if let Some((n, db_ms)) = db {
+        use std::fmt::Write;
+        v.push_str(", db;dur=");
+        // Finite and non-negative by construction (a sum of durations); saturating.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        push_millis(&mut v, (db_ms * 1000.0).round() as u64);
+        let plural = if n == 1 { "query" } else { "queries" };
+        let _ = write!(v, ";desc=\"{n} {plural}\"");
+    }
+    v
+}
+
 /// Finishes the profile when dropped: at the end of the body, or when the body or the
 /// future is dropped early.
 struct Guard {
@@ -550,11 +608,12 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         if self.metrics {
+            // The route is not needed after this: moved into the label, not copied.
             metrics::histogram!(
                 "rampart_profiler_request_duration_seconds",
                 "method" => method_label(&self.method),
-                "route" => self.route.clone(),
-                "status" => self.status.to_string(),
+                "route" => std::mem::take(&mut self.route),
+                "status" => status_label(self.status),
             )
             .record(elapsed.as_secs_f64());
         }
@@ -610,16 +669,11 @@ where
         let (mut parts, body) = res.into_parts();
         guard.status = parts.status.as_u16();
         if *this.server_timing {
-            let total = guard.start.elapsed().as_secs_f64() * 1000.0;
-            let value = match &guard.collector {
-                Some(c) => {
-                    let (n, db) = c.db_summary();
-                    let plural = if n == 1 { "query" } else { "queries" };
-                    format!("total;dur={total:.3}, db;dur={db:.3};desc=\"{n} {plural}\"")
-                }
-                None => format!("total;dur={total:.3}"),
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            let value = server_timing_value(
+                guard.start.elapsed(),
+                guard.collector.as_ref().map(|c| c.db_summary()),
+            );
+            if let Ok(v) = HeaderValue::try_from(value) {
                 parts.headers.append(SERVER_TIMING, v);
             }
         }
@@ -699,6 +753,26 @@ impl<B: Body> Body for ProfiledBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_and_timings_are_formatted_without_floats() {
+        assert_eq!(status_label(200).as_ref(), "200");
+        assert_eq!(status_label(429).as_ref(), "429");
+        assert_eq!(status_label(599).as_ref(), "599");
+        assert_eq!(status_label(100).as_ref(), "100");
+        assert_eq!(status_label(999).as_ref(), "999");
+        assert_eq!(status_label(0).as_ref(), "0");
+        let d = std::time::Duration::from_nanos(12_345_678);
+        assert_eq!(server_timing_value(d, None), "total;dur=12.345");
+        assert_eq!(
+            server_timing_value(std::time::Duration::from_micros(7), Some((1, 2.0))),
+            "total;dur=0.007, db;dur=2.000;desc=\"1 query\""
+        );
+        assert_eq!(
+            server_timing_value(std::time::Duration::ZERO, Some((3, 0.0004))),
+            "total;dur=0.000, db;dur=0.000;desc=\"3 queries\""
+        );
+    }
 
     #[test]
     fn generic_routes_hide_ids() {
