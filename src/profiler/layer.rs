@@ -13,10 +13,10 @@ use std::{
 };
 
 use bytes::Buf;
-use quanta::Instant;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use quanta::Instant;
 use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;

@@ -107,7 +107,10 @@ impl Memo {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -537,7 +540,10 @@ mod tests {
         assert_eq!(memo.normalize(sql), normalize_sql(sql));
         assert_eq!(memo.len(), 1);
         // Remembered: the second answer is the same, and nothing new is stored.
-        assert_eq!(memo.normalize(sql), "SELECT * FROM t WHERE id = ? AND name = ?");
+        assert_eq!(
+            memo.normalize(sql),
+            "SELECT * FROM t WHERE id = ? AND name = ?"
+        );
         assert_eq!(memo.len(), 1);
         for i in 0..MEMO_ENTRIES * 3 {
             let sql = format!("SELECT {i} FROM t");

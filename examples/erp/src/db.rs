@@ -92,6 +92,9 @@ impl Db {
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
+                // An embedded connection cannot be lost: no ping (a round trip to
+                // SQLite's worker thread) before every query.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
