@@ -147,12 +147,20 @@ fn bench(c: &mut Criterion) {
         let (rounds, n) = (15, 20_000);
         let mut t: [Vec<f64>; 5] = Default::default();
         let mut ratios: [Vec<f64>; 2] = Default::default();
-        for _ in 0..rounds {
-            let bare_ns = time_loop(bare, n).await;
-            let gov = time_loop(governor.clone(), n).await;
-            let plain_ns = time_loop(plain.clone(), n).await;
-            let ietf_ns = time_loop(ietf.clone(), n).await;
-            let bypass_ns = time_loop(bypass.clone(), n).await;
+        for round in 0..rounds {
+            // The order rotates every round: no variant always runs right after another.
+            let mut x = [0.0; 5];
+            for k in 0..5 {
+                let i = (round + k) % 5;
+                x[i] = match i {
+                    0 => time_loop(bare, n).await,
+                    1 => time_loop(governor.clone(), n).await,
+                    2 => time_loop(plain.clone(), n).await,
+                    3 => time_loop(ietf.clone(), n).await,
+                    _ => time_loop(bypass.clone(), n).await,
+                };
+            }
+            let [bare_ns, gov, plain_ns, ietf_ns, bypass_ns] = x;
             ratios[0].push(plain_ns / gov);
             ratios[1].push(ietf_ns / gov);
             for (v, x) in t.iter_mut().zip([bare_ns, gov, plain_ns, ietf_ns, bypass_ns]) {
@@ -161,7 +169,7 @@ fn bench(c: &mut Criterion) {
         }
         let [bare_ns, gov, plain_ns, ietf_ns, bypass_ns] = t.map(median);
         let [r_plain, r_ietf] = ratios.map(median);
-        println!("\nsummary (in memory, ns per request, medians of {rounds} interleaved rounds of {n} calls):");
+        println!("\nsummary (in memory, ns per request, medians of {rounds} interleaved rounds of {n} calls, order rotated every round):");
         println!("  bare service_fn          {bare_ns:8.1}");
         println!("  tower_governor           {gov:8.1}");
         println!("  rampart (no headers)     {plain_ns:8.1}   ratio vs tower_governor: {r_plain:.2}x (target <= 1.0x)");
