@@ -86,6 +86,18 @@ fn bench(c: &mut Criterion) {
             b.to_async(&rt).iter(|| once(on.clone()));
         });
     }
+    // What a statement costs to normalise when the store has not seen it yet (the ERP's
+    // entry-lines statement, ~330 bytes).
+    let statement = "SELECT l.entry_id, l.line_no, l.account_id, a.code, a.name, l.debit, l.credit
+         FROM journal_lines l
+         JOIN accounts a ON a.tenant_id = l.tenant_id AND a.id = l.account_id
+         WHERE l.tenant_id = $1 AND l.entry_id IN (
+             SELECT e.id FROM journal_entries e WHERE e.tenant_id = $1
+             ORDER BY e.created_at DESC, e.id DESC LIMIT $2 OFFSET $3)
+         ORDER BY l.entry_id, l.line_no";
+    g.bench_function("normalize_sql_330_bytes", |b| {
+        b.iter(|| tower_rampart::profiler::normalize_sql(std::hint::black_box(statement)));
+    });
     g.finish();
 
     // Summary: same loop, every variant, ratios to the bare service.

@@ -36,7 +36,7 @@ pub fn normalize_sql(sql: &str) -> String {
     let tokens = tokenize(sql);
     let tokens = collapse_lists(tokens);
     let mut out = String::with_capacity(sql.len().min(MAX_STATEMENT_LEN));
-    let mut prev: Option<&Tok> = None;
+    let mut prev: Option<&Tok<'_>> = None;
     for tok in &tokens {
         if let Some(p) = prev
             && needs_space(p, tok)
@@ -114,17 +114,18 @@ impl Memo {
     }
 }
 
+/// A token, borrowing its text from the statement (no allocation per token).
 #[derive(Debug, Clone, PartialEq)]
-enum Tok {
+enum Tok<'a> {
     /// An identifier, keyword or quoted identifier.
-    Word(String),
+    Word(&'a str),
     /// A literal value or a placeholder.
     Value,
     /// Punctuation and operators.
-    Punct(String),
+    Punct(&'a str),
 }
 
-fn needs_space(prev: &Tok, next: &Tok) -> bool {
+fn needs_space(prev: &Tok<'_>, next: &Tok<'_>) -> bool {
     let tight_after = |p: &str| p == "(" || p == " (" || p == ".";
     // `" ("` carries its own space: an opening parenthesis keeps the spacing it had.
     let tight_before = |p: &str| matches!(p, ")" | "," | "." | ";" | "(" | " (");
@@ -135,8 +136,15 @@ fn needs_space(prev: &Tok, next: &Tok) -> bool {
     }
 }
 
-fn tokenize(sql: &str) -> Vec<Tok> {
+fn tokenize(sql: &str) -> Vec<Tok<'_>> {
     let chars: Vec<char> = sql.chars().collect();
+    // The byte offset of each character, and of the end: tokens are slices of `sql`.
+    let offsets: Vec<usize> = sql
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain(std::iter::once(sql.len()))
+        .collect();
+    let text = |from: usize, to: usize| &sql[offsets[from]..offsets[to]];
     let mut toks = Vec::new();
     let mut i = 0;
     let n = chars.len();
@@ -206,16 +214,16 @@ fn tokenize(sql: &str) -> Vec<Tok> {
                     j += 1;
                 }
                 if j < n && chars[j] == '$' {
-                    let tag: String = chars[start..=j].iter().collect();
-                    let body: String = chars[j + 1..].iter().collect();
-                    if let Some(end) = body.find(&tag) {
+                    let tag = text(start, j + 1);
+                    let body = text(j + 1, n);
+                    if let Some(end) = body.find(tag) {
                         i = j + 1 + body[..end].chars().count() + tag.chars().count();
                     } else {
                         i = n;
                     }
                     toks.push(Tok::Value);
                 } else {
-                    toks.push(Tok::Punct("$".to_owned()));
+                    toks.push(Tok::Punct("$"));
                     i += 1;
                 }
             }
@@ -259,10 +267,10 @@ fn tokenize(sql: &str) -> Vec<Tok> {
                 }
             }
             // A leading minus sign right after an operator or a keyword belongs to the literal.
-            if matches!(toks.last(), Some(Tok::Punct(p)) if p == "-") {
+            if matches!(toks.last(), Some(Tok::Punct(p)) if *p == "-") {
                 let unary = match toks.len().checked_sub(2).map(|k| &toks[k]) {
                     None => true,
-                    Some(Tok::Punct(q)) => q != ")",
+                    Some(Tok::Punct(q)) => *q != ")",
                     Some(Tok::Word(w)) => is_keyword(w),
                     Some(Tok::Value) => false,
                 };
@@ -279,13 +287,13 @@ fn tokenize(sql: &str) -> Vec<Tok> {
                 i += 1;
             }
             i = (i + 1).min(n);
-            toks.push(Tok::Word(chars[start..i].iter().collect()));
+            toks.push(Tok::Word(text(start, i)));
         } else if is_word_start(c) {
             let start = i;
             while i < n && is_word_char(chars[i]) {
                 i += 1;
             }
-            let word: String = chars[start..i].iter().collect();
+            let word = text(start, i);
             if word.eq_ignore_ascii_case("true") || word.eq_ignore_ascii_case("false") {
                 toks.push(Tok::Value);
             } else {
@@ -293,24 +301,21 @@ fn tokenize(sql: &str) -> Vec<Tok> {
             }
         } else {
             // Operators: keep two-character ones together.
-            let two: String = chars[i..(i + 2).min(n)].iter().collect();
+            let two = text(i, (i + 2).min(n));
             if c == '(' {
                 let spaced = i > 0 && chars[i - 1].is_whitespace() && !toks.is_empty();
-                toks.push(Tok::Punct(if spaced { " (" } else { "(" }.to_owned()));
+                toks.push(Tok::Punct(if spaced { " (" } else { "(" }));
                 i += 1;
-            } else if matches!(
-                two.as_str(),
-                "<=" | ">=" | "<>" | "!=" | "||" | "::" | "->" | "=>"
-            ) {
+            } else if matches!(two, "<=" | ">=" | "<>" | "!=" | "||" | "::" | "->" | "=>") {
                 toks.push(Tok::Punct(two));
                 i += 2;
             } else {
-                toks.push(Tok::Punct(c.to_string()));
+                toks.push(Tok::Punct(text(i, i + 1)));
                 i += 1;
             }
         }
     }
-    while matches!(toks.last(), Some(Tok::Punct(p)) if p == ";") {
+    while matches!(toks.last(), Some(Tok::Punct(p)) if *p == ";") {
         toks.pop();
     }
     toks
@@ -356,13 +361,13 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_' || c == '$'
 }
 
-fn is_punct(t: &Tok, s: &str) -> bool {
+fn is_punct(t: &Tok<'_>, s: &str) -> bool {
     matches!(t, Tok::Punct(p) if p.trim_start() == s)
 }
 
 /// `( ? , ? , ? )` → `( ? )`, and `VALUES (…), (…)` → `VALUES (…)`.
-fn collapse_lists(toks: Vec<Tok>) -> Vec<Tok> {
-    let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
+fn collapse_lists(toks: Vec<Tok<'_>>) -> Vec<Tok<'_>> {
+    let mut out: Vec<Tok<'_>> = Vec::with_capacity(toks.len());
     let mut i = 0;
     while i < toks.len() {
         // A parenthesised list made only of values and commas.
@@ -387,15 +392,15 @@ fn collapse_lists(toks: Vec<Tok>) -> Vec<Tok> {
                 if is_in {
                     out.push(toks[i].clone());
                     out.push(Tok::Value);
-                    out.push(Tok::Punct(")".to_owned()));
+                    out.push(Tok::Punct(")"));
                     i = j + 1;
                     continue;
                 }
                 // A repeated tuple after a previous identical tuple: `, (…)` is dropped.
-                let tuple: Vec<Tok> = toks[i..=j].to_vec();
+                let tuple = &toks[i..=j];
                 if out.len() > tuple.len() && is_punct(&out[out.len() - 1], ",") {
                     let before = &out[out.len() - 1 - tuple.len()..out.len() - 1];
-                    if before == tuple.as_slice() {
+                    if before == tuple {
                         out.pop();
                         i = j + 1;
                         continue;
