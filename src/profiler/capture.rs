@@ -84,9 +84,8 @@ impl Collector {
         self.draft.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a query that ended at `ended` after running for `elapsed`.
-    /// Records one query. The statement is stored as given and normalised when the
-    /// record is finished: this runs where the driver emits its event, possibly on the
+    /// Adds a query that ended at `ended` after running for `elapsed`. The statement is
+    /// stored as given and normalised when the record is finished: this runs where the driver emits its event, possibly on the
     /// database connection's own thread (sqlx's SQLite worker), so it must stay short.
     pub(crate) fn add_query(
         &self,
