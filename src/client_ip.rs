@@ -191,12 +191,13 @@ impl TrustedProxies {
     }
 
     /// Whether `ip` is one of the trusted proxies.
-    #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
-        if self.nets.is_empty() {
-            return false;
-        }
-        let ip = canonical(ip);
+        self.contains_canonical(canonical(ip))
+    }
+
+    /// [`contains`](Self::contains) for an address already in canonical form.
+    #[inline]
+    fn contains_canonical(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|net| net.contains(&ip))
     }
 
@@ -395,7 +396,7 @@ impl ClientIpResolver {
             source,
             ipv6_prefix: self.ipv6_prefix,
         };
-        if !self.trusted.contains(peer) {
+        if !self.trusted.contains_canonical(peer) {
             return Some(make(peer, Source::Peer));
         }
         for header in &self.headers {

@@ -725,15 +725,13 @@ impl<C: Codec> Cache<C> {
             Err(_) => return Some(Err(LoadError::Timeout)),
         };
         Some(match state {
-            Flight::Done(body) => {
-                match entry::unframe(&body).and_then(|data| self.shared.codec.decode(&data).ok()) {
-                    Some(v) => Ok(v),
-                    None => {
-                        tracing::warn!(key = %loc.key, "shared load result not decodable");
-                        Err(LoadError::Shared)
-                    }
+            Flight::Done(body) => match self.decode_body(&body) {
+                Some(v) => Ok(v),
+                None => {
+                    tracing::warn!(key = %loc.key, "shared load result not decodable");
+                    Err(LoadError::Shared)
                 }
-            }
+            },
             Flight::TimedOut => Err(LoadError::Timeout),
             Flight::Pending | Flight::Failed => Err(LoadError::Shared),
         })

@@ -89,26 +89,19 @@ pub(crate) fn decide_with(
         }
         new_tats[i] = new_tat;
     }
+    if out.allowed {
+        tats[..windows.len()].copy_from_slice(&new_tats[..windows.len()]);
+    }
     if !states {
-        if out.allowed {
-            tats[..windows.len()].copy_from_slice(&new_tats[..windows.len()]);
-        }
         return out;
     }
     for (i, w) in windows.iter().enumerate() {
-        let tolerance = w.burst * w.interval;
-        let used = if out.allowed {
-            new_tats[i] - now
-        } else {
-            tats[i].max(now) - now
-        };
+        // The stored TAT (the new one when allowed, never below `now` then).
+        let used = tats[i].max(now) - now;
         out.windows[i] = WindowState {
-            remaining: tolerance.saturating_sub(used) / w.interval,
+            remaining: (w.burst * w.interval).saturating_sub(used) / w.interval,
             reset: used,
         };
-        if out.allowed {
-            tats[i] = new_tats[i];
-        }
     }
     out
 }

@@ -273,7 +273,7 @@ pub(crate) enum Plan {
     /// No policy applies: call the inner service untouched.
     Bypass,
     /// Decided in memory: call the inner service, then add these headers.
-    Allow(Option<Rendered>),
+    Allow(Rendered),
     /// Decided in memory: answer with this response.
     Reject(Box<http::Response<bytes::Bytes>>),
     /// Needs Redis: these `(policy, subject)` pairs.
@@ -281,7 +281,7 @@ pub(crate) enum Plan {
     Remote(Vec<(usize, Subject)>, bool),
 }
 
-static METRIC_METADATA: metrics::Metadata<'static> =
+pub(crate) static METRIC_METADATA: metrics::Metadata<'static> =
     metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Increments a decision counter whose key was built once, at build time (no allocation
@@ -354,7 +354,7 @@ impl Limiter {
             return Plan::Remote(remote, grpc());
         }
         match self.headers_for(&checked) {
-            Some(headers) => Plan::Allow(Some(headers)),
+            Some(headers) => Plan::Allow(headers),
             None => Plan::Bypass,
         }
     }

@@ -92,7 +92,7 @@ where
         // built first and then wrapped costs a copy of the inner future).
         let headers = match self.limiter.plan(&req) {
             Plan::Bypass => None,
-            Plan::Allow(headers) => headers,
+            Plan::Allow(headers) => Some(headers),
             Plan::Reject(res) => {
                 return ResponseFuture {
                     kind: Kind::Ready {

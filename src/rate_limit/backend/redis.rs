@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::super::{
     gcra::{self, Clock, MAX_WINDOWS, Outcome},
+    layer::METRIC_METADATA,
     policy::{Compiled, Subject},
 };
 use super::lease::{LeaseConfig, Leases, Take};
@@ -381,7 +382,7 @@ impl RedisStore {
         policy: &Compiled,
         subject: &Subject,
     ) -> Result<Outcome, BackendError> {
-        let base = self.key_base(policy, subject);
+        let mut base = self.key_base(policy, subject);
         let down = match self.down_until.len() {
             1 => &self.down_until[0],
             _ => &self.down_until[usize::from(key_slot(&base))],
@@ -391,8 +392,8 @@ impl RedisStore {
             return Err(BackendError::Down);
         }
         let result = match &self.leases {
-            None => self.eval_keys(base, policy, policy.cost, None).await,
-            Some(leases) => self.leased(leases, base, policy, now).await,
+            None => self.eval_keys(&mut base, policy, policy.cost, None).await,
+            Some(leases) => self.leased(leases, &mut base, policy, now).await,
         };
         if result.is_err() {
             let interval =
@@ -410,8 +411,13 @@ impl RedisStore {
         subject: &Subject,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
-        self.eval_keys(self.key_base(policy, subject), policy, policy.cost, now_us)
-            .await
+        self.eval_keys(
+            &mut self.key_base(policy, subject),
+            policy,
+            policy.cost,
+            now_us,
+        )
+        .await
     }
 
     /// A decision in leasing mode: from this instance's reservation, else by reserving a
@@ -419,39 +425,41 @@ impl RedisStore {
     async fn leased(
         &self,
         leases: &Leases,
-        base: String,
+        base: &mut String,
         policy: &Compiled,
         now: u64,
     ) -> Result<Outcome, BackendError> {
-        if let Take::Served(outcome) = leases.take(&base, policy.cost, now) {
-            return Ok(outcome);
+        match leases.take(base, policy.cost, now) {
+            Take::Served(outcome) => return Ok(outcome),
+            // Alone: nothing to share with concurrent requests, so no single-flight.
+            Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
+            Take::Lease => {}
         }
         // One round trip per key at a time: the others wait, then use its answer.
-        let _flight = leases.flight(&base).await;
+        let _flight = leases.flight(base).await;
         let now = self.backend.clock.now_us();
-        match leases.take(&base, policy.cost, now) {
+        match leases.take(base, policy.cost, now) {
             Take::Served(outcome) => return Ok(outcome),
             Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
             Take::Lease => {}
         }
         let batch = leases.batch_cost(policy.cost);
-        let outcome = self.eval_keys(base.clone(), policy, batch, None).await?;
+        let outcome = self.eval_keys(base, policy, batch, None).await?;
         if outcome.allowed {
             let extra = batch - policy.cost;
-            return Ok(leases.store(&base, extra, policy.cost, now, outcome));
+            return Ok(leases.store(base, extra, policy.cost, now, outcome));
         }
-        let single = self
-            .eval_keys(base.clone(), policy, policy.cost, None)
-            .await?;
-        leases.plain(&base, now, single);
+        let single = self.eval_keys(base, policy, policy.cost, None).await?;
+        leases.plain(base, now, single);
         Ok(single)
     }
 
     /// Runs the script for a request of `cost` on the keys starting with `key` (the
     /// decision's [`key_base`](Self::key_base)).
+    /// `key` is left as it was given.
     async fn eval_keys(
         &self,
-        mut key: String,
+        key: &mut String,
         policy: &Compiled,
         cost: u64,
         now_us: Option<u64>,
@@ -523,9 +531,8 @@ fn record_latency(elapsed: std::time::Duration) {
     static LABELS: [metrics::Label; 1] = [metrics::Label::from_static_parts("backend", "redis")];
     static KEY: metrics::Key =
         metrics::Key::from_static_parts("rate_limit_backend_seconds", &LABELS);
-    static META: metrics::Metadata<'static> =
-        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-    metrics::with_recorder(|r| r.register_histogram(&KEY, &META)).record(elapsed.as_secs_f64());
+    metrics::with_recorder(|r| r.register_histogram(&KEY, &METRIC_METADATA))
+        .record(elapsed.as_secs_f64());
 }
 
 /// The outcome from the script's `{allowed, now, tat…}`: `gcra::decide` on the same
