@@ -89,6 +89,28 @@ impl KeyBuilder {
     }
 }
 
+impl KeyBuilder {
+    /// A key as [`build`](Self::build) makes it, wrapped in a Redis Cluster hash tag and
+    /// followed by `:` (`{prefix:version:part…}:`), in one allocation: `parts` appends
+    /// `:` and each escaped part after `prefix:version`. Capped as `build` caps (the
+    /// braces excepted).
+    pub(crate) fn build_tagged(&self, extra: usize, parts: impl FnOnce(&mut String)) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + extra + 16);
+        key.push('{');
+        key.push_str(&self.prefix);
+        key.push(':');
+        push_decimal(&mut key, u64::from(self.version));
+        parts(&mut key);
+        if key.len() - 1 > self.max_len {
+            let capped = cap_len(key[1..].to_owned(), self.max_len);
+            key.truncate(1);
+            key.push_str(&capped);
+        }
+        key.push_str("}:");
+        key
+    }
+}
+
 /// Escapes one key part: `:`, `{`, `}`, `%`, whitespace, control and non-ASCII bytes
 /// become `%XX`. The result is printable ASCII.
 ///

@@ -318,6 +318,9 @@ impl Limiter {
         if self.policies.is_empty() || self.exempt.iter().any(|p| p.matches(path)) {
             return Plan::Bypass;
         }
+        if let (Backend::Memory(store), false) = (&self.backend, self.headers.any()) {
+            return self.plan_in_memory(store, req, path);
+        }
         let method = req.method();
         let mut info: Option<RequestInfo<'_>> = None;
         // Read only when needed (a rejection, a Redis decision): most requests pass.
@@ -327,13 +330,7 @@ impl Limiter {
         #[cfg(feature = "redis")]
         let mut remote: Vec<(usize, Subject)> = Vec::new();
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
-            let info = info.get_or_insert_with(|| RequestInfo {
-                method,
-                uri: req.uri(),
-                headers: req.headers(),
-                extensions: req.extensions(),
-                client_ip: self.resolver.resolve(req),
-            });
+            let info = info.get_or_insert_with(|| self.info(req));
             let Some(subject) = policy.subject(info, &self.identity) else {
                 continue;
             };
@@ -356,6 +353,56 @@ impl Limiter {
         match self.headers_for(&checked) {
             Some(headers) => Plan::Allow(headers),
             None => Plan::Bypass,
+        }
+    }
+
+    /// [`plan`](Self::plan) for the in-memory backend without headers, the hot path: a
+    /// bare decision per policy (a number, no state for headers), nothing kept.
+    #[inline]
+    fn plan_in_memory<B>(&self, store: &MemoryStore, req: &Request<B>, path: &str) -> Plan {
+        let method = req.method();
+        let mut info: Option<RequestInfo<'_>> = None;
+        for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
+            let info = info.get_or_insert_with(|| self.info(req));
+            let Some(subject) = policy.subject(info, &self.identity) else {
+                continue;
+            };
+            let retry_after = store.refusal(policy.index, subject, &policy.windows, policy.cost);
+            if retry_after == 0 {
+                count(&policy.metric_keys[0]);
+            } else if let Some(plan) = self.refused(policy, retry_after, req) {
+                return plan;
+            }
+        }
+        Plan::Bypass
+    }
+
+    /// A request [`plan_in_memory`](Self::plan_in_memory) found over a policy's quota:
+    /// counted and logged as any decision; the rejection, unless the policy is in shadow
+    /// mode.
+    #[cold]
+    #[inline(never)]
+    fn refused<B>(&self, policy: &Compiled, retry_after: u64, req: &Request<B>) -> Option<Plan> {
+        let outcome = super::gcra::Outcome {
+            allowed: false,
+            retry_after,
+            windows: Default::default(),
+            len: policy.windows.len(),
+        };
+        let mut checked = Checks::new(false);
+        let reject = Self::record(policy, outcome, || Self::is_grpc(req), &mut checked)?;
+        Some(Plan::Reject(Box::new(self.reject(reject, &checked))))
+    }
+
+    /// What the policies may key a request on.
+    #[inline]
+    fn info<'r, B>(&self, req: &'r Request<B>) -> RequestInfo<'r> {
+        RequestInfo {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+            client_ip: self.resolver.resolve(req),
         }
     }
 

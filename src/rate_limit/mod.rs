@@ -59,7 +59,9 @@ mod tests;
 
 pub use backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend};
 #[cfg(feature = "redis")]
-pub use backend::redis::{DEFAULT_RETRY_INTERVAL, DEFAULT_TIMEOUT, FailureMode, RedisBackend};
+pub use backend::redis::{
+    DEFAULT_RETRY_INTERVAL, DEFAULT_TIMEOUT, FailureMode, REDIS_SCRIPT, RedisBackend,
+};
 pub use config::{KeyConfig, PolicyConfig, RateLimitConfig, Rates};
 pub use gcra::{Clock, ManualClock};
 pub use layer::{RateLimitBuilder, RateLimitLayer};

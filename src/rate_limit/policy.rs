@@ -1,6 +1,6 @@
 //! Named policies: quota windows, a key, the requests they apply to.
 
-use std::{borrow::Cow, fmt, net::IpAddr, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Deserialize;
@@ -403,23 +403,6 @@ pub(crate) enum Subject {
     Global,
     /// No client address known and no other key: one shared bucket.
     Unknown,
-}
-
-impl Subject {
-    /// The `(kind, value)` parts of a Redis key (only an address is rendered).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn parts(&self, policy_kind: &'static str) -> (&'static str, Cow<'_, str>) {
-        match self {
-            Self::Ip(ip) => {
-                let mut text = String::with_capacity(15);
-                crate::key::push_ip(&mut text, *ip);
-                ("ip", Cow::Owned(text))
-            }
-            Self::Text(t) => (policy_kind, Cow::Borrowed(t)),
-            Self::Global => ("global", Cow::Borrowed("")),
-            Self::Unknown => ("unknown", Cow::Borrowed("")),
-        }
-    }
 }
 
 impl Compiled {

@@ -183,6 +183,41 @@ impl MemoryStore {
         now: u64,
         states: bool,
     ) -> Outcome {
+        self.with_tats(policy, subject, now, windows.len(), |tats| {
+            let outcome = gcra::decide_with(tats, now, windows, cost, states);
+            (outcome, outcome.allowed)
+        })
+    }
+
+    /// Decides one request for `(policy, subject)` without computing any state for
+    /// headers: 0 when allowed, else the microseconds until it would be.
+    #[inline]
+    pub(crate) fn refusal(
+        &self,
+        policy: usize,
+        subject: Subject,
+        windows: &[Window],
+        cost: u64,
+    ) -> u64 {
+        let now = self.clock.now_us();
+        self.with_tats(policy, subject, now, windows.len(), |tats| {
+            let retry_after = gcra::refusal(tats, now, windows, cost);
+            (retry_after, retry_after == 0)
+        })
+    }
+
+    /// Runs `decide` on the arrival times of `(policy, subject)` under its shard's lock;
+    /// a key seen for the first time is stored only when `decide` allowed the request (a
+    /// refused request leaves no state, so refusals cannot fill the map).
+    #[inline]
+    fn with_tats<R>(
+        &self,
+        policy: usize,
+        subject: Subject,
+        now: u64,
+        windows: usize,
+        decide: impl FnOnce(&mut [u64]) -> (R, bool),
+    ) -> R {
         let hash = self.hasher.hash_one((policy, &subject));
         #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
         let shard = &self.shards[(hash % self.shards.len() as u64) as usize];
@@ -195,17 +230,17 @@ impl MemoryStore {
             subject,
         };
         if let Some(tats) = map.get_mut(&key) {
-            return gcra::decide_with(&mut tats[..windows.len()], now, windows, cost, states);
+            return decide(&mut tats[..windows]).0;
         }
         let mut tats = [0u64; MAX_WINDOWS];
-        let outcome = gcra::decide_with(&mut tats[..windows.len()], now, windows, cost, states);
-        if outcome.allowed {
+        let (answer, allowed) = decide(&mut tats[..windows]);
+        if allowed {
             if map.len() >= self.per_shard {
                 evict(&mut map, now, self.per_shard);
             }
             map.insert(key, tats);
         }
-        outcome
+        answer
     }
 
     /// The number of keys held.

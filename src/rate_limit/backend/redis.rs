@@ -7,7 +7,7 @@ use std::{
 };
 
 use redis::{
-    RedisError, Script,
+    Cmd, RedisError, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
     cluster_async::ClusterConnection,
 };
@@ -20,24 +20,35 @@ use super::super::{
 };
 use super::lease::{LeaseConfig, Leases, Take};
 use super::memory::{DEFAULT_MAX_KEYS, MemoryStore};
-use crate::key::KeyBuilder;
+use crate::key::{KeyBuilder, push_escaped, push_ip};
 
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default pause before Redis is tried again after a failure.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The GCRA script. `KEYS` are the windows of one decision (one hash tag, so Cluster
-/// routes them to one slot); `ARGV` = cost, a time override (empty: the server's `TIME`),
-/// then `interval, burst` per window, in microseconds. It decides atomically and stores
-/// the new theoretical arrival times (with an expiry when the window has recovered), and
+/// The Lua script the Redis backend runs (as `EVALSHA`), published for audits, for
+/// measuring it (the rate-limit bench times it alone) and for servers where scripts
+/// must be loaded ahead (`SCRIPT LOAD`).
+///
+/// `KEYS` are the windows of one decision (one hash tag, so Cluster routes them to one
+/// slot); `ARGV` = cost, a time override (empty: the server's `TIME`), then
+/// `interval, burst` per window, in microseconds. It decides atomically and stores the
+/// new theoretical arrival times (with an expiry when the window has recovered), and
 /// returns `{allowed, now_us, tat_1, …}`: the client derives the rest of the outcome
-/// (remaining, reset, retry-after) with `gcra::decide` on the same numbers, so both
-/// backends answer identically by construction, and the server does the least work (a
-/// script's cost is most of what separates a decision from a plain `GET`). The test of
-/// `tat + (cost - burst) × interval > now` is `gcra::decide`'s, exact in Lua's doubles
-/// (every value stays below 2^53).
-const SCRIPT: &str = r"
+/// (remaining, reset, retry-after) with the same GCRA arithmetic as the in-memory
+/// backend, so both backends answer identically by construction, and the server does
+/// the least work (a script's cost is most of what separates a decision from a plain
+/// `GET`). Every value stays below 2^53, so Lua's doubles are exact; arrival times are
+/// stored as integers (`%.0f`).
+///
+/// # Example
+///
+/// ```
+/// let script = tower_rampart::rate_limit::REDIS_SCRIPT;
+/// assert!(script.contains("redis.call('TIME')"));
+/// ```
+pub const REDIS_SCRIPT: &str = r"
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
@@ -300,7 +311,7 @@ impl RedisBackend {
             .then(|| MemoryStore::new(self.fallback_max_keys, self.clock.clone()));
         RedisStore {
             backend: self.clone(),
-            script: Script::new(SCRIPT),
+            script: Script::new(REDIS_SCRIPT),
             down_until: match self.conn {
                 Conn::Standalone(_) => vec![AtomicU64::new(0)],
                 Conn::Cluster(_) => (0..CLUSTER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -367,13 +378,7 @@ impl RedisStore {
     /// The start of the Redis keys of one decision, `{prefix:1:policy:kind:value}:`; the
     /// window's index completes each key, so all of them share the hash tag.
     pub(crate) fn key_base(&self, policy: &Compiled, subject: &Subject) -> String {
-        let (kind, value) = subject.parts(policy.key.kind());
-        let inner = self.backend.keys.build([&*policy.name, kind, &*value]);
-        let mut base = String::with_capacity(inner.len() + 4);
-        base.push('{');
-        base.push_str(&inner);
-        base.push_str("}:");
-        base
+        decision_key(&self.backend.keys, policy, subject)
     }
 
     /// One decision, one round trip.
@@ -464,23 +469,30 @@ impl RedisStore {
         cost: u64,
         now_us: Option<u64>,
     ) -> Result<Outcome, BackendError> {
-        let mut inv = self.script.prepare_invoke();
-        for i in 0..policy.windows.len() {
+        // `EVALSHA` written directly: one buffer for the arguments (a `ScriptInvocation`
+        // allocates one per argument and copies them into a command again).
+        let windows = policy.windows.len();
+        let mut cmd = Cmd::with_capacity(5 + 3 * windows, 64 + (key.len() + 24) * windows);
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(windows);
+        for i in 0..windows {
             // At most four windows: one digit.
             key.push(char::from(b'0' + u8::try_from(i).unwrap_or(0)));
-            inv.key(key.as_str());
+            cmd.arg(key.as_str());
             key.pop();
         }
-        inv.arg(cost);
-        inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+        cmd.arg(cost);
+        match now_us {
+            Some(now) => cmd.arg(now),
+            None => cmd.arg(""),
+        };
         for w in &policy.windows {
-            inv.arg(w.interval).arg(w.burst);
+            cmd.arg(w.interval).arg(w.burst);
         }
         let started = Instant::now();
         let call = async {
             match &self.backend.conn {
-                Conn::Standalone(c) => inv.invoke_async::<Vec<i64>>(&mut c.clone()).await,
-                Conn::Cluster(c) => inv.invoke_async::<Vec<i64>>(&mut c.clone()).await,
+                Conn::Standalone(c) => evalsha(&cmd, &self.script, &mut c.clone()).await,
+                Conn::Cluster(c) => evalsha(&cmd, &self.script, &mut c.clone()).await,
             }
         };
         let reply = tokio::time::timeout(self.backend.timeout, call).await;
@@ -494,6 +506,51 @@ impl RedisStore {
                 "unexpected rate-limit script reply",
             )))
         })
+    }
+}
+
+/// `{prefix:version:policy:kind:value}:`, the start of the keys of one decision: what
+/// `keys.build([policy, kind, value])` gives, in a hash tag, in one allocation.
+fn decision_key(keys: &KeyBuilder, policy: &Compiled, subject: &Subject) -> String {
+    keys.build_tagged(policy.name.len() + 48, |key| {
+        key.push(':');
+        push_escaped(key, &policy.name);
+        key.push(':');
+        match subject {
+            Subject::Ip(ip) => {
+                key.push_str("ip:");
+                let start = key.len();
+                push_ip(key, *ip);
+                if ip.is_ipv6() {
+                    // Its `:` are escaped like any part's.
+                    let raw = key.split_off(start);
+                    push_escaped(key, &raw);
+                }
+            }
+            Subject::Text(text) => {
+                push_escaped(key, policy.key.kind());
+                key.push(':');
+                push_escaped(key, text);
+            }
+            Subject::Global => key.push_str("global:"),
+            Subject::Unknown => key.push_str("unknown:"),
+        }
+    })
+}
+
+/// Runs an `EVALSHA` of `script`; after a `NOSCRIPT` (a restarted or flushed server),
+/// loads the script and runs it again.
+async fn evalsha<C: redis::aio::ConnectionLike>(
+    cmd: &Cmd,
+    script: &Script,
+    con: &mut C,
+) -> Result<Vec<i64>, RedisError> {
+    match cmd.query_async(con).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(con).await?;
+            cmd.query_async(con).await
+        }
+        reply => reply,
     }
 }
 
@@ -558,6 +615,53 @@ mod tests {
     use super::*;
 
     use crate::rate_limit::{Policy, Quota};
+
+    #[test]
+    fn decision_keys_are_built_keys_in_a_hash_tag() {
+        let keys = KeyBuilder::new("rl");
+        let short = KeyBuilder::new("rl").max_len(64);
+        let policy = |name: &str, key| {
+            Policy::new(name, Quota::per_second(1))
+                .key(key)
+                .compile(0, 1)
+                .unwrap()
+        };
+        let user = policy("api.v1", crate::rate_limit::Key::User);
+        let ip = policy("login", crate::rate_limit::Key::ClientIp);
+        let cases: [(&Compiled, Subject, [&str; 3]); 6] = [
+            (
+                &ip,
+                Subject::Ip("203.0.113.7".parse().unwrap()),
+                ["login", "ip", "203.0.113.7"],
+            ),
+            (
+                &ip,
+                Subject::Ip("2001:db8::1".parse().unwrap()),
+                ["login", "ip", "2001:db8::1"],
+            ),
+            (
+                &user,
+                Subject::Text("a:{b} é".into()),
+                ["api.v1", "user", "a:{b} é"],
+            ),
+            (&user, Subject::Global, ["api.v1", "global", ""]),
+            (&user, Subject::Unknown, ["api.v1", "unknown", ""]),
+            (
+                &user,
+                Subject::Text("x".repeat(500).into()),
+                ["api.v1", "user", &"x".repeat(500)],
+            ),
+        ];
+        for (policy, subject, parts) in &cases {
+            for keys in [&keys, &short] {
+                assert_eq!(
+                    decision_key(keys, policy, subject),
+                    format!("{{{}}}:", keys.build(parts)),
+                    "{subject:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn replies_are_checked() {

@@ -69,6 +69,33 @@ async fn same_sequence_same_answers_in_memory_and_redis() {
     );
 }
 
+/// Arrival times go through Lua's doubles and back: round instants (which a careless
+/// conversion writes in exponent form, `1.8e+15`) are stored as exact integers.
+#[tokio::test]
+async fn round_instants_are_stored_exactly() {
+    let server = RedisServer::start();
+    let store = backend(&server.url()).await.build();
+    let memory = MemoryStore::new(1000, Clock::manual(&ManualClock::new()));
+    let policy = Policy::new("round", Quota::per_second(2).burst(3))
+        .compile(0, 1)
+        .unwrap();
+    let subject = crate::rate_limit::policy::Subject::Global;
+    for i in 0..40u64 {
+        let now = 1_800_000_000_000_000 + i * 250_000;
+        let m = memory.check_at(0, subject.clone(), &policy.windows, policy.cost, now, true);
+        let r = store.eval(&policy, &subject, Some(now)).await.unwrap();
+        assert_eq!(m, r, "decision {i} at {now}");
+    }
+    let mut conn = raw(&server.url()).await;
+    let stored: String = conn.get("{rampart-rl:1:round:global:}:0").await.unwrap();
+    let tat: u64 = stored.parse().unwrap();
+    // Every instant and interval is a multiple of 250 ms: so is an exact arrival time.
+    assert!(
+        tat > 1_800_000_000_000_000 && tat % 250_000 == 0,
+        "stored as {stored}"
+    );
+}
+
 #[tokio::test]
 async fn keys_share_a_hash_tag_expire_and_use_the_prefix() {
     let server = RedisServer::start();
