@@ -6,7 +6,8 @@
 //! - Redis: one decision through the layer vs a raw `GET` on the same connection
 //!   manager. Target: ≤ 1.3×. Also timed: the decision's script alone (`EVALSHA` of
 //!   [`REDIS_SCRIPT`] on the same key, through `redis::Script`), which splits the ratio
-//!   into what the server's script costs and what the layer adds.
+//!   into what the server's script costs and what the layer adds. And a decision with
+//!   leasing (`RedisBackend::lease`, batch 100): one round trip per 100 decisions.
 //!
 //! `cargo bench --bench rate_limit --all-features`. After criterion's figures, a summary
 //! of the ratios measured with plain `Instant` loops in the same run is printed: medians
@@ -112,7 +113,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let server = RedisServer::start();
-    let (manager, redis_svc) = rt.block_on(async {
+    let (manager, redis_svc, leased_svc) = rt.block_on(async {
         let client = redis::Client::open(server.url()).unwrap();
         let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
         let layer = RateLimitLayer::builder()
@@ -121,7 +122,22 @@ fn bench(c: &mut Criterion) {
             .redis(RedisBackend::from_manager(manager.clone()).timeout(Duration::from_secs(1)))
             .build()
             .unwrap();
-        (manager, layer.layer(service_fn(ok)))
+        // Leasing: 100 units reserved per round trip, served locally for up to a minute.
+        let leased = RateLimitLayer::builder()
+            .policy(Policy::new("bench-leased", quota()))
+            .headers(HeaderStyle::None)
+            .redis(
+                RedisBackend::from_manager(manager.clone())
+                    .timeout(Duration::from_secs(1))
+                    .lease(100, Duration::from_secs(60)),
+            )
+            .build()
+            .unwrap();
+        (
+            manager,
+            layer.layer(service_fn(ok)),
+            leased.layer(service_fn(ok)),
+        )
     });
     let mut g = c.benchmark_group("rate_limit_redis");
     g.bench_function("raw_get", |b| {
@@ -157,6 +173,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("rampart_decision", |b| {
         b.to_async(&rt)
             .iter(|| redis_svc.clone().oneshot(request()));
+    });
+    // With leasing (batch 100): one round trip per 100 decisions, the others served
+    // from the reservation.
+    g.bench_function("rampart_leased_decision", |b| {
+        b.to_async(&rt)
+            .iter(|| leased_svc.clone().oneshot(request()));
     });
     g.finish();
 

@@ -16,12 +16,13 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
-    sync::Mutex,
+    hash::{BuildHasher, BuildHasherDefault},
+    sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
-use crate::rate_limit::gcra::Outcome;
+use super::memory::IdHasher;
+use crate::rate_limit::{gcra::Outcome, policy::Subject};
 
 /// How leasing is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +44,21 @@ pub(crate) enum Take {
     Lease,
 }
 
+/// Which lease a decision is about: its policy and subject, hashed once per decision
+/// (no Redis key is built for a request a reservation serves).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseKey<'a> {
+    hash: u64,
+    policy: usize,
+    subject: &'a Subject,
+}
+
 #[derive(Debug)]
 struct Lease {
+    /// Whose lease this is: the table is keyed by the hash alone, and a lease whose
+    /// policy and subject differ from a lookup's (a hash collision) is not the lookup's.
+    policy: usize,
+    subject: Subject,
     /// Units still reserved (0 with `plain`).
     units: u64,
     /// Clock microseconds after which the lease is dropped.
@@ -59,31 +73,47 @@ struct Lease {
 /// Lock stripes serialising the round trips of one key (single-flight per instance).
 const STRIPES: usize = 64;
 
-/// The reservations of one limiter, bounded in keys.
+type Shard = HashMap<u64, Lease, BuildHasherDefault<IdHasher>>;
+
+/// The reservations of one limiter, bounded in keys: sharded maps keyed by a foldhash of
+/// `(policy, subject)` (randomly seeded per limiter, like the in-memory backend's).
 #[derive(Debug)]
 pub(crate) struct Leases {
     config: LeaseConfig,
-    max_keys: usize,
-    map: Mutex<HashMap<String, Lease>>,
+    per_shard: usize,
+    shards: Box<[Mutex<Shard>]>,
     stripes: Box<[tokio::sync::Mutex<()>]>,
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Leases {
     pub(crate) fn new(config: LeaseConfig, max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        // Small tables keep one shard: their cap stays exact.
+        let shards = (max_keys / 64).clamp(1, 16);
         Self {
             config,
-            max_keys: max_keys.max(1),
-            map: Mutex::new(HashMap::new()),
+            per_shard: max_keys / shards,
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The lease of `subject` under the policy of index `policy`.
+    pub(crate) fn key<'a>(&self, policy: usize, subject: &'a Subject) -> LeaseKey<'a> {
+        LeaseKey {
+            hash: self.hasher.hash_one((policy, subject)),
+            policy,
+            subject,
         }
     }
 
     /// Held while this instance asks Redis about `key`, so that concurrent requests of
     /// the key wait for that answer (and its reservation) instead of each asking.
-    pub(crate) async fn flight(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let i = usize::try_from(self.hasher.hash_one(key) % STRIPES as u64).unwrap_or(0);
+    pub(crate) async fn flight(&self, key: &LeaseKey<'_>) -> tokio::sync::MutexGuard<'_, ()> {
+        // The hash's high bits: the low ones pick the shard.
+        let i = usize::try_from((key.hash >> 32) % STRIPES as u64).unwrap_or(0);
         self.stripes[i].lock().await
     }
 
@@ -96,20 +126,26 @@ impl Leases {
         u64::try_from(self.config.ttl.as_micros()).unwrap_or(u64::MAX / 4)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
-        self.map
+    fn shard(&self, key: &LeaseKey<'_>) -> MutexGuard<'_, Shard> {
+        #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
+        let i = (key.hash % self.shards.len() as u64) as usize;
+        self.shards[i]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Serves a request of `cost` on `key` from a live reservation, if any.
-    pub(crate) fn take(&self, key: &str, cost: u64, now: u64) -> Take {
-        let mut map = self.lock();
-        let Some(lease) = map.get_mut(key) else {
+    pub(crate) fn take(&self, key: &LeaseKey<'_>, cost: u64, now: u64) -> Take {
+        let mut map = self.shard(key);
+        let Some(lease) = map.get_mut(&key.hash) else {
             return Take::Lease;
         };
+        if lease.policy != key.policy || lease.subject != *key.subject {
+            // Another key with the same hash: not this key's lease.
+            return Take::Lease;
+        }
         if lease.expires <= now {
-            map.remove(key);
+            map.remove(&key.hash);
             return Take::Lease;
         }
         if !lease.base.allowed {
@@ -121,7 +157,7 @@ impl Leases {
             return Take::Plain;
         }
         if lease.units < cost {
-            map.remove(key);
+            map.remove(&key.hash);
             return Take::Lease;
         }
         lease.units -= cost;
@@ -132,7 +168,7 @@ impl Leases {
     /// it); returns that request's answer, the reservation counted as available.
     pub(crate) fn store(
         &self,
-        key: &str,
+        key: &LeaseKey<'_>,
         units: u64,
         cost: u64,
         now: u64,
@@ -144,7 +180,7 @@ impl Leases {
 
     /// Records that no batch fits on `key` for now: `single` is the answer to this
     /// request alone. A refusal is repeated locally until its retry delay is over.
-    pub(crate) fn plain(&self, key: &str, now: u64, single: Outcome) {
+    pub(crate) fn plain(&self, key: &LeaseKey<'_>, now: u64, single: Outcome) {
         let ttl = if single.allowed {
             self.ttl_us()
         } else {
@@ -155,18 +191,28 @@ impl Leases {
         }
     }
 
-    fn insert(&self, key: &str, now: u64, base: Outcome, units: u64, plain: bool, ttl: u64) {
-        let mut map = self.lock();
-        if map.len() >= self.max_keys && !map.contains_key(key) {
+    fn insert(
+        &self,
+        key: &LeaseKey<'_>,
+        now: u64,
+        base: Outcome,
+        units: u64,
+        plain: bool,
+        ttl: u64,
+    ) {
+        let mut map = self.shard(key);
+        if map.len() >= self.per_shard && !map.contains_key(&key.hash) {
             map.retain(|_, l| l.expires > now);
-            if map.len() >= self.max_keys {
+            if map.len() >= self.per_shard {
                 // Full of live leases: this key is decided without one.
                 return;
             }
         }
         map.insert(
-            key.to_owned(),
+            key.hash,
             Lease {
+                policy: key.policy,
+                subject: key.subject.clone(),
                 units,
                 expires: now.saturating_add(ttl),
                 base,
@@ -177,12 +223,12 @@ impl Leases {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        super::memory::total_len(&self.shards)
     }
 
     #[cfg(test)]
-    fn remove_for_test(&self, key: &str) {
-        self.lock().remove(key);
+    fn remove_for_test(&self, key: &LeaseKey<'_>) {
+        self.shard(key).remove(&key.hash);
     }
 }
 
@@ -222,42 +268,82 @@ mod tests {
             2,
         );
         assert_eq!(leases.batch_cost(2), 8);
-        assert!(matches!(leases.take("a", 1, 0), Take::Lease));
-        leases.store("a", 3, 1, 0, outcome(10));
+        let subjects: Vec<Subject> = ["a", "b", "r", "c", "d", "e"]
+            .into_iter()
+            .map(|s| Subject::Text(s.into()))
+            .collect();
+        let [a, b, r, c, d, e] = [0, 1, 2, 3, 4, 5].map(|i| leases.key(0, &subjects[i]));
+        assert!(matches!(leases.take(&a, 1, 0), Take::Lease));
+        leases.store(&a, 3, 1, 0, outcome(10));
         for left in [2, 1, 0] {
-            match leases.take("a", 1, 1) {
+            match leases.take(&a, 1, 1) {
                 Take::Served(o) => assert_eq!(o.windows()[0].remaining, 10 + left),
                 other => panic!("{other:?}"),
             }
         }
-        assert!(matches!(leases.take("a", 1, 1), Take::Lease), "used up");
-        leases.store("a", 3, 1, 0, outcome(10));
+        assert!(matches!(leases.take(&a, 1, 1), Take::Lease), "used up");
+        leases.store(&a, 3, 1, 0, outcome(10));
         assert!(
-            matches!(leases.take("a", 1, 10_000), Take::Lease),
+            matches!(leases.take(&a, 1, 10_000), Take::Lease),
             "expired after the TTL"
         );
-        leases.plain("b", 0, outcome(0));
-        assert!(matches!(leases.take("b", 1, 5), Take::Plain));
+        leases.plain(&b, 0, outcome(0));
+        assert!(matches!(leases.take(&b, 1, 5), Take::Plain));
         let mut refused = outcome(0);
         refused.allowed = false;
         refused.retry_after = 3_000;
-        leases.plain("r", 0, refused);
-        match leases.take("r", 1, 1_000) {
+        leases.plain(&r, 0, refused);
+        match leases.take(&r, 1, 1_000) {
             Take::Served(o) => assert!(!o.allowed && o.retry_after == 2_000, "{o:?}"),
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(leases.take("r", 1, 3_000), Take::Lease),
+            matches!(leases.take(&r, 1, 3_000), Take::Lease),
             "delay over"
         );
-        leases.remove_for_test("r");
-        leases.store("c", 3, 1, 0, outcome(1));
-        leases.store("d", 3, 1, 0, outcome(1));
+        leases.remove_for_test(&r);
+        leases.store(&c, 3, 1, 0, outcome(1));
+        leases.store(&d, 3, 1, 0, outcome(1));
         assert!(leases.len() <= 2, "bounded");
-        leases.store("e", 3, 1, 20_000, outcome(1));
+        leases.store(&e, 3, 1, 20_000, outcome(1));
         assert!(
-            matches!(leases.take("e", 1, 20_001), Take::Served(_)),
+            matches!(leases.take(&e, 1, 20_001), Take::Served(_)),
             "expired ones make room"
         );
+    }
+
+    #[test]
+    fn a_lease_answers_only_its_own_policy_and_subject() {
+        let leases = Leases::new(
+            LeaseConfig {
+                batch: 4,
+                ttl: Duration::from_secs(1),
+            },
+            100,
+        );
+        let (alice, bob) = (Subject::Text("alice".into()), Subject::Text("bob".into()));
+        leases.store(&leases.key(0, &alice), 3, 1, 0, outcome(5));
+        assert!(matches!(
+            leases.take(&leases.key(0, &alice), 1, 1),
+            Take::Served(_)
+        ));
+        assert!(matches!(
+            leases.take(&leases.key(1, &alice), 1, 1),
+            Take::Lease
+        ));
+        assert!(matches!(
+            leases.take(&leases.key(0, &bob), 1, 1),
+            Take::Lease
+        ));
+        // A forged collision: bob's lookup with alice's hash is still not alice's lease.
+        let forged = LeaseKey {
+            subject: &bob,
+            ..leases.key(0, &alice)
+        };
+        assert!(matches!(leases.take(&forged, 1, 1), Take::Lease));
+        assert!(matches!(
+            leases.take(&leases.key(0, &alice), 1, 1),
+            Take::Served(_)
+        ));
     }
 }

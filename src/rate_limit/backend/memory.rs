@@ -95,7 +95,7 @@ impl Hash for MemKey {
 
 /// Passes the precomputed hash through.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -245,14 +245,7 @@ impl MemoryStore {
 
     /// The number of keys held.
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .len()
-            })
-            .sum()
+        total_len(&self.shards)
     }
 
     /// The most keys this store can hold.
@@ -270,6 +263,18 @@ impl MemoryStore {
                 .retain(|_, t| t.iter().any(|tat| *tat > now));
         }
     }
+}
+
+/// The number of entries of sharded maps.
+pub(crate) fn total_len<K, V, S>(shards: &[Mutex<HashMap<K, V, S>>]) -> usize {
+    shards
+        .iter()
+        .map(|s| {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len()
+        })
+        .sum()
 }
 
 /// Makes room in a full shard: drop idle keys (lossless); if none, drop the eighth of

@@ -18,7 +18,7 @@ use super::super::{
     layer::METRIC_METADATA,
     policy::{Compiled, Subject},
 };
-use super::lease::{LeaseConfig, Leases, Take};
+use super::lease::{LeaseConfig, LeaseKey, Leases, Take};
 use super::memory::{DEFAULT_MAX_KEYS, MemoryStore};
 use crate::key::{KeyBuilder, push_escaped, push_ip};
 
@@ -387,18 +387,31 @@ impl RedisStore {
         policy: &Compiled,
         subject: &Subject,
     ) -> Result<Outcome, BackendError> {
+        let now = self.backend.clock.now_us();
+        // Leasing: a live reservation (or a known refusal) answers before anything else
+        // is built; it was taken from the shared quota already, so it stands even while
+        // Redis is marked down.
+        let lease = match &self.leases {
+            Some(leases) => {
+                let key = leases.key(policy.index, subject);
+                match leases.take(&key, policy.cost, now) {
+                    Take::Served(outcome) => return Ok(outcome),
+                    first => Some((leases, key, first)),
+                }
+            }
+            None => None,
+        };
         let mut base = self.key_base(policy, subject);
         let down = match self.down_until.len() {
             1 => &self.down_until[0],
             _ => &self.down_until[usize::from(key_slot(&base))],
         };
-        let now = self.backend.clock.now_us();
         if down.load(Ordering::Relaxed) > now {
             return Err(BackendError::Down);
         }
-        let result = match &self.leases {
+        let result = match lease {
             None => self.eval_keys(&mut base, policy, policy.cost, None).await,
-            Some(leases) => self.leased(leases, &mut base, policy, now).await,
+            Some((leases, key, first)) => self.leased(leases, &key, first, &mut base, policy).await,
         };
         if result.is_err() {
             let interval =
@@ -425,25 +438,24 @@ impl RedisStore {
         .await
     }
 
-    /// A decision in leasing mode: from this instance's reservation, else by reserving a
-    /// batch, else (no batch fits) alone.
+    /// A decision in leasing mode that `first` (the lease table's first answer) did not
+    /// serve: alone in plain mode, else by reserving a batch, else (no batch fits) alone.
     async fn leased(
         &self,
         leases: &Leases,
+        key: &LeaseKey<'_>,
+        first: Take,
         base: &mut String,
         policy: &Compiled,
-        now: u64,
     ) -> Result<Outcome, BackendError> {
-        match leases.take(base, policy.cost, now) {
-            Take::Served(outcome) => return Ok(outcome),
+        if let Take::Plain = first {
             // Alone: nothing to share with concurrent requests, so no single-flight.
-            Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
-            Take::Lease => {}
+            return self.eval_keys(base, policy, policy.cost, None).await;
         }
         // One round trip per key at a time: the others wait, then use its answer.
-        let _flight = leases.flight(base).await;
+        let _flight = leases.flight(key).await;
         let now = self.backend.clock.now_us();
-        match leases.take(base, policy.cost, now) {
+        match leases.take(key, policy.cost, now) {
             Take::Served(outcome) => return Ok(outcome),
             Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
             Take::Lease => {}
@@ -452,10 +464,10 @@ impl RedisStore {
         let outcome = self.eval_keys(base, policy, batch, None).await?;
         if outcome.allowed {
             let extra = batch - policy.cost;
-            return Ok(leases.store(base, extra, policy.cost, now, outcome));
+            return Ok(leases.store(key, extra, policy.cost, now, outcome));
         }
         let single = self.eval_keys(base, policy, policy.cost, None).await?;
-        leases.plain(base, now, single);
+        leases.plain(key, now, single);
         Ok(single)
     }
 

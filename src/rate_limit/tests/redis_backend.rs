@@ -91,7 +91,7 @@ async fn round_instants_are_stored_exactly() {
     let tat: u64 = stored.parse().unwrap();
     // Every instant and interval is a multiple of 250 ms: so is an exact arrival time.
     assert!(
-        tat > 1_800_000_000_000_000 && tat % 250_000 == 0,
+        tat > 1_800_000_000_000_000 && tat.is_multiple_of(250_000),
         "stored as {stored}"
     );
 }
