@@ -345,11 +345,14 @@ pub(crate) fn render(style: HeaderStyle, checked: &Checks<'_>, out: &mut Rendere
         let policy = if checked.len() == 1 {
             first.policy.policy_header.clone()
         } else {
-            let joined: Vec<&str> = checked
-                .iter()
-                .filter_map(|c| c.policy.policy_header.to_str().ok())
-                .collect();
-            HeaderValue::try_from(joined.join(", "))
+            let mut joined = Vec::with_capacity(32 * checked.len());
+            for c in checked.iter() {
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(c.policy.policy_header.as_bytes());
+            }
+            HeaderValue::from_maybe_shared(Bytes::from(joined))
                 .unwrap_or_else(|_| HeaderValue::from_static(""))
         };
         out.push((RATELIMIT_POLICY, policy));
@@ -360,11 +363,12 @@ pub(crate) fn render(style: HeaderStyle, checked: &Checks<'_>, out: &mut Rendere
                 if !value.is_empty() {
                     value.push_str(", ");
                 }
+                // The item's name, as `item_name` renders it (without allocating).
                 value.push('"');
-                if n == 1 {
-                    value.push_str(&c.policy.name);
-                } else {
-                    value.push_str(&super::policy::item_name(&c.policy.name, i, n));
+                value.push_str(&c.policy.name);
+                if n > 1 {
+                    value.push('-');
+                    crate::key::push_decimal(&mut value, i as u64);
                 }
                 value.push_str("\";r=");
                 crate::key::push_decimal(&mut value, w.remaining);
