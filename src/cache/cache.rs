@@ -803,23 +803,34 @@ pub(crate) struct Snapshot<'a> {
 
 impl<C: Codec> Cache<C> {
     /// [`get`](Self::get), also reading the current versions of `tags` (already escaped
-    /// with [`escape_part`], as stored).
+    /// with [`escape_part`], as stored), for a [`set_after`](Self::set_after) on a miss.
+    /// An in-process hit answers alone, as in `get` (a hit stores nothing: no versions
+    /// needed). Without `lookup` (the caller will not use a value: `no-cache`), only the
+    /// versions are wanted: the in-process tier is skipped (its hits carry no versions)
+    /// and nothing is decoded.
     pub(crate) async fn get_with_snapshot<'t, T: DeserializeOwned>(
         &self,
         key: &str,
         tags: &'t [String],
         ttl: super::Ttl,
+        lookup: bool,
     ) -> (Option<T>, Snapshot<'t>) {
+        let mut local_missed = !lookup;
+        if lookup && let Some(local) = self.shared.store.local() {
+            match self.local_get(&local, key).await {
+                Hit::Value(v) => return (Some(v), Snapshot::default()),
+                Hit::Miss => local_missed = true,
+                Hit::Undecodable => {}
+            }
+        }
         let loc = self.loc(key);
         let want: Vec<&str> = tags.iter().map(String::as_str).collect();
         let fetched = self
-            .shared
-            .store
-            .get(&loc, &want, self.shared.ttl.resolve(ttl))
+            .fetch(&loc, &want, self.shared.ttl.resolve(ttl), local_missed)
             .await;
         let value = match &fetched.body {
-            Some(body) => self.decode(&loc, body).await,
-            None => None,
+            Some(body) if lookup => self.decode(&loc, body).await,
+            _ => None,
         };
         let versions = if fetched.versions.len() == tags.len() {
             fetched.versions

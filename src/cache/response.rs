@@ -499,7 +499,7 @@ where
                 (None, Snapshot::default())
             } else {
                 cache
-                    .get_with_snapshot::<Stored>(&key, &config.tags, config.ttl)
+                    .get_with_snapshot::<Stored>(&key, &config.tags, config.ttl, !skip_lookup)
                     .await
             };
             if !skip_lookup && let Some(stored) = found {

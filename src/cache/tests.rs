@@ -1186,6 +1186,59 @@ async fn response_cache_declared_tags_close_the_invalidation_race() {
     }
 }
 
+/// A `no-cache` request refreshes the entry; with a two-tier cache whose L1 holds it, the
+/// tag versions it stores under are still those read before the handler ran (an L1 hit
+/// carries none), so an invalidation racing the handler leaves the refresh stale.
+#[tokio::test]
+async fn response_cache_no_cache_refresh_over_l1_keeps_the_race_closed() {
+    use tokio::sync::Notify;
+    let server = RedisServer::start();
+    let (cache, _backend) = two_tier(&server.url()).await;
+    let data = Arc::new(AtomicUsize::new(1));
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let handler = {
+        let (data, entered, gate) = (data.clone(), entered.clone(), gate.clone());
+        service_fn(move |req: Request<()>| {
+            let (data, entered, gate) = (data.clone(), entered.clone(), gate.clone());
+            async move {
+                let value = data.load(Ordering::SeqCst);
+                if req.headers().contains_key(header::CACHE_CONTROL) {
+                    entered.notify_one();
+                    gate.notified().await;
+                }
+                let mut res = Response::new(Full::new(Bytes::from(value.to_string())));
+                res.extensions_mut().insert(CacheTags::new(["report"]));
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let svc = ResponseCacheLayer::new(cache.clone())
+        .tags(["report"])
+        .layer(handler);
+    let text = |res: Response<crate::body::ResponseBody<Full<Bytes>>>| async move {
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let plain = || Request::get("/report").body(()).unwrap();
+    assert_eq!(text(svc.clone().oneshot(plain()).await.unwrap()).await, "1");
+    assert_eq!(text(svc.clone().oneshot(plain()).await.unwrap()).await, "1");
+
+    let refresh = Request::get("/report")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(())
+        .unwrap();
+    let slow = tokio::spawn(svc.clone().oneshot(refresh));
+    entered.notified().await;
+    data.store(2, Ordering::SeqCst);
+    cache.invalidate_tag("report").await;
+    gate.notify_one();
+    assert_eq!(text(slow.await.unwrap().unwrap()).await, "1");
+    assert_eq!(
+        text(svc.clone().oneshot(plain()).await.unwrap()).await,
+        "2",
+        "the refresh computed before the invalidation was stored stale"
+    );
+}
+
 /// A body that announces `len` bytes, yields `part`, then fails (a reset upstream).
 struct Truncated {
     part: Option<Bytes>,
