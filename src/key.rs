@@ -87,9 +87,7 @@ impl KeyBuilder {
         }
         cap_len(key, self.max_len)
     }
-}
 
-impl KeyBuilder {
     /// A key as [`build`](Self::build) makes it, wrapped in a Redis Cluster hash tag and
     /// followed by `:` (`{prefix:version:part…}:`), in one allocation: `parts` appends
     /// `:` and each escaped part after `prefix:version`. Capped as `build` caps (the
@@ -144,6 +142,34 @@ pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
         }
         std::net::IpAddr::V6(_) => {
             let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// Appends an address as [`push_ip`] does, escaped as a key part ([`push_escaped`]):
+/// an IPv6 address's `:` become `%3A`, in place.
+pub(crate) fn push_ip_escaped(out: &mut String, ip: std::net::IpAddr) {
+    /// Writes through to a key, escaping the separator (the only character of an
+    /// address's text that needs it).
+    struct Escaped<'a>(&'a mut String);
+    impl std::fmt::Write for Escaped<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for part in s.split_inclusive(':') {
+                match part.strip_suffix(':') {
+                    Some(head) => {
+                        self.0.push_str(head);
+                        self.0.push_str("%3A");
+                    }
+                    None => self.0.push_str(part),
+                }
+            }
+            Ok(())
+        }
+    }
+    match ip {
+        std::net::IpAddr::V4(_) => push_ip(out, ip),
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(Escaped(out), "{ip}");
         }
     }
 }

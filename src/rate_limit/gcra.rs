@@ -103,7 +103,8 @@ pub(crate) fn refusal(tats: &mut [u64], now: u64, windows: &[Window], cost: u64)
     for ((new, tat), w) in new_tats.iter_mut().zip(&*tats).zip(windows) {
         let tat = (*tat).max(now);
         let tolerance = w.burst * w.interval;
-        *new = tat + cost * w.interval;
+        // Saturating: a lease's batch cost may be absurd (it is refused, never stored).
+        *new = tat.saturating_add(cost.saturating_mul(w.interval));
         let allow_at = new.saturating_sub(tolerance);
         if allow_at > now {
             retry_after = retry_after.max(allow_at - now);

@@ -227,62 +227,79 @@ async fn anonymous_skip_and_shared() {
 
 #[tokio::test(start_paused = true)]
 async fn every_matching_policy_is_checked_and_windows_are_atomic() {
-    let layer = RateLimitLayer::builder()
-        .policy(
-            Policy::new("burst", Quota::per_second(2))
-                .window(Quota::per_minute(3))
-                .path("/api/*"),
-        )
-        .policy(Policy::new("writes", Quota::per_minute(1)).method(Method::POST))
-        .build()
-        .unwrap();
-    let mut svc = service(&layer);
-    let res = send(&mut svc, req(Method::POST, "/api/a", PEER)).await;
-    assert_eq!(res.status(), 200);
-    assert_eq!(
-        res.headers()["ratelimit-policy"],
-        "\"burst-0\";q=2;w=1, \"burst-1\";q=3;w=60, \"writes\";q=1;w=60"
-    );
-    let res = send(&mut svc, req(Method::POST, "/api/a", PEER)).await;
-    assert_eq!(res.status(), 429, "the second policy rejects");
-    assert_eq!(
-        res.extensions().get::<Rejection>().unwrap().policy(),
-        "writes"
-    );
-    // The POST rejected by `writes` was still counted by `burst` (policies are checked
-    // in order); one second later the per-second window has room, the minute one has one.
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(status(&mut svc, get("/api/a", PEER)).await, 200);
-    for _ in 0..3 {
-        let res = send(&mut svc, get("/api/a", PEER)).await;
-        assert_eq!(res.status(), 429, "the minute window is full");
-        // Atomic windows: the per-second window was not charged by the rejections.
+    for style in STYLES {
+        let layer = RateLimitLayer::builder()
+            .policy(
+                Policy::new("burst", Quota::per_second(2))
+                    .window(Quota::per_minute(3))
+                    .path("/api/*"),
+            )
+            .policy(Policy::new("writes", Quota::per_minute(1)).method(Method::POST))
+            .headers(style)
+            .build()
+            .unwrap();
+        let headers = style == HeaderStyle::Ietf;
+        let mut svc = service(&layer);
+        let res = send(&mut svc, req(Method::POST, "/api/a", PEER)).await;
+        assert_eq!(res.status(), 200);
+        if headers {
+            assert_eq!(
+                res.headers()["ratelimit-policy"],
+                "\"burst-0\";q=2;w=1, \"burst-1\";q=3;w=60, \"writes\";q=1;w=60"
+            );
+        }
+        let res = send(&mut svc, req(Method::POST, "/api/a", PEER)).await;
+        assert_eq!(res.status(), 429, "the second policy rejects ({style:?})");
         assert_eq!(
-            res.headers()["ratelimit"],
-            "\"burst-0\";r=1;t=1, \"burst-1\";r=0;t=59"
+            res.extensions().get::<Rejection>().unwrap().policy(),
+            "writes"
+        );
+        assert_eq!(res.headers().contains_key("ratelimit"), headers);
+        // The POST rejected by `writes` was still counted by `burst` (policies are
+        // checked in order); one second later the per-second window has room, the minute
+        // one has one.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(status(&mut svc, get("/api/a", PEER)).await, 200);
+        for _ in 0..3 {
+            let res = send(&mut svc, get("/api/a", PEER)).await;
+            assert_eq!(res.status(), 429, "the minute window is full");
+            assert_eq!(res.headers()["retry-after"], "19");
+            if headers {
+                // Atomic windows: the per-second window was not charged by the rejections.
+                assert_eq!(
+                    res.headers()["ratelimit"],
+                    "\"burst-0\";r=1;t=1, \"burst-1\";r=0;t=59"
+                );
+            }
+        }
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            status(&mut svc, get("/api/a", PEER)).await,
+            200,
+            "minute window refilled one"
         );
     }
-    tokio::time::advance(Duration::from_secs(20)).await;
-    assert_eq!(
-        status(&mut svc, get("/api/a", PEER)).await,
-        200,
-        "minute window refilled one"
-    );
 }
+
+/// Both decision paths: with headers (`plan`) and without (`plan_in_memory`).
+const STYLES: [HeaderStyle; 2] = [HeaderStyle::Ietf, HeaderStyle::None];
 
 #[tokio::test(start_paused = true)]
 async fn shadow_mode_counts_but_never_rejects() {
-    let layer = RateLimitLayer::builder()
-        .policy(Policy::new("shadow", Quota::per_minute(1)).shadow(true))
-        .build()
-        .unwrap();
-    let mut svc = service(&layer);
-    for _ in 0..5 {
-        let res = send(&mut svc, get("/", PEER)).await;
-        assert_eq!(res.status(), 200);
-        assert!(!res.headers().contains_key("ratelimit"));
+    for style in STYLES {
+        let layer = RateLimitLayer::builder()
+            .policy(Policy::new("shadow", Quota::per_minute(1)).shadow(true))
+            .headers(style)
+            .build()
+            .unwrap();
+        let mut svc = service(&layer);
+        for _ in 0..5 {
+            let res = send(&mut svc, get("/", PEER)).await;
+            assert_eq!(res.status(), 200, "{style:?}");
+            assert!(!res.headers().contains_key("ratelimit"));
+        }
+        assert_eq!(layer.memory_keys(), 1, "the shadow policy did count");
     }
-    assert_eq!(layer.memory_keys(), 1, "the shadow policy did count");
 }
 
 #[tokio::test(start_paused = true)]
@@ -544,30 +561,33 @@ fn decisions(recorder: &crate::test_util::TestRecorder, policy: &str, outcome: &
 
 #[tokio::test(start_paused = true)]
 async fn decisions_are_counted_by_policy_and_outcome() {
-    let layer = RateLimitLayer::builder()
-        .policy(Policy::new("login", Quota::per_minute(2)))
-        .policy(Policy::new("watch", Quota::per_minute(1)).shadow(true))
-        .build()
-        .unwrap();
-    let mut svc = service(&layer);
-    let recorder = crate::test_util::TestRecorder::default();
-    // The in-memory decision happens in `call`, so a local recorder sees it.
-    let futures: Vec<_> = metrics::with_local_recorder(&recorder, || {
-        (0..3).map(|_| svc.call(get("/", PEER))).collect()
-    });
-    let mut statuses = Vec::new();
-    for f in futures {
-        statuses.push(f.await.unwrap().status().as_u16());
+    for style in STYLES {
+        let layer = RateLimitLayer::builder()
+            .policy(Policy::new("login", Quota::per_minute(2)))
+            .policy(Policy::new("watch", Quota::per_minute(1)).shadow(true))
+            .headers(style)
+            .build()
+            .unwrap();
+        let mut svc = service(&layer);
+        let recorder = crate::test_util::TestRecorder::default();
+        // The in-memory decision happens in `call`, so a local recorder sees it.
+        let futures: Vec<_> = metrics::with_local_recorder(&recorder, || {
+            (0..3).map(|_| svc.call(get("/", PEER))).collect()
+        });
+        let mut statuses = Vec::new();
+        for f in futures {
+            statuses.push(f.await.unwrap().status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 429], "{style:?}");
+        assert_eq!(decisions(&recorder, "login", "allowed"), 2);
+        assert_eq!(decisions(&recorder, "login", "rejected"), 1);
+        assert_eq!(decisions(&recorder, "watch", "allowed"), 1);
+        assert_eq!(
+            decisions(&recorder, "watch", "shadow_rejected"),
+            1,
+            "the third request stopped at `login`"
+        );
     }
-    assert_eq!(statuses, [200, 200, 429]);
-    assert_eq!(decisions(&recorder, "login", "allowed"), 2);
-    assert_eq!(decisions(&recorder, "login", "rejected"), 1);
-    assert_eq!(decisions(&recorder, "watch", "allowed"), 1);
-    assert_eq!(
-        decisions(&recorder, "watch", "shadow_rejected"),
-        1,
-        "the third request stopped at `login`"
-    );
 }
 
 #[cfg(feature = "redis")]

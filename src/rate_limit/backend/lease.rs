@@ -112,8 +112,8 @@ impl Leases {
     /// Held while this instance asks Redis about `key`, so that concurrent requests of
     /// the key wait for that answer (and its reservation) instead of each asking.
     pub(crate) async fn flight(&self, key: &LeaseKey<'_>) -> tokio::sync::MutexGuard<'_, ()> {
-        // The hash's high bits: the low ones pick the shard.
-        let i = usize::try_from((key.hash >> 32) % STRIPES as u64).unwrap_or(0);
+        // Bits neither the shard (32..) nor the map's buckets (low bits) use.
+        let i = usize::try_from((key.hash >> 48) % STRIPES as u64).unwrap_or(0);
         self.stripes[i].lock().await
     }
 
@@ -127,8 +127,9 @@ impl Leases {
     }
 
     fn shard(&self, key: &LeaseKey<'_>) -> MutexGuard<'_, Shard> {
+        // The hash's middle bits: the low ones pick a bucket inside the shard's map.
         #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
-        let i = (key.hash % self.shards.len() as u64) as usize;
+        let i = ((key.hash >> 32) % self.shards.len() as u64) as usize;
         self.shards[i]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -189,6 +190,17 @@ impl Leases {
         if ttl > 0 {
             self.insert(key, now, single, 0, true, ttl);
         }
+    }
+
+    /// Whether a reservation of `key` could be kept now (making room by dropping expired
+    /// ones): reserving one that [`store`](Self::store) would have to drop loses it.
+    pub(crate) fn has_room(&self, key: &LeaseKey<'_>, now: u64) -> bool {
+        let mut map = self.shard(key);
+        if map.len() < self.per_shard || map.contains_key(&key.hash) {
+            return true;
+        }
+        map.retain(|_, l| l.expires > now);
+        map.len() < self.per_shard
     }
 
     fn insert(
@@ -345,5 +357,34 @@ mod tests {
             leases.take(&leases.key(0, &alice), 1, 1),
             Take::Served(_)
         ));
+    }
+
+    #[test]
+    fn sharded_tables_stay_under_the_cap() {
+        let leases = Leases::new(
+            LeaseConfig {
+                batch: 4,
+                ttl: Duration::from_secs(1),
+            },
+            1024,
+        );
+        assert_eq!(leases.shards.len(), 16);
+        let subjects: Vec<Subject> = (0..5000u32)
+            .map(|i| Subject::Ip(std::net::IpAddr::from(i.to_be_bytes())))
+            .collect();
+        let mut refused_room = 0;
+        for subject in &subjects {
+            let key = leases.key(0, subject);
+            if !leases.has_room(&key, 0) {
+                refused_room += 1;
+            }
+            leases.store(&key, 3, 1, 0, outcome(5));
+        }
+        assert!(leases.len() <= 1024, "{} leases", leases.len());
+        assert!(leases.len() >= 900, "shards fill evenly: {}", leases.len());
+        assert!(refused_room >= 5000 - 1024, "{refused_room}");
+        // Expired leases make room again.
+        let late = leases.key(0, &subjects[0]);
+        assert!(leases.has_room(&late, 2_000_000));
     }
 }

@@ -219,8 +219,9 @@ impl MemoryStore {
         decide: impl FnOnce(&mut [u64]) -> (R, bool),
     ) -> R {
         let hash = self.hasher.hash_one((policy, &subject));
+        // The hash's middle bits: the low ones pick a bucket inside the shard's map.
         #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
-        let shard = &self.shards[(hash % self.shards.len() as u64) as usize];
+        let shard = &self.shards[((hash >> 32) % self.shards.len() as u64) as usize];
         let mut map = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

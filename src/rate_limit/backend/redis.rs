@@ -20,7 +20,7 @@ use super::super::{
 };
 use super::lease::{LeaseConfig, LeaseKey, Leases, Take};
 use super::memory::{DEFAULT_MAX_KEYS, MemoryStore};
-use crate::key::{KeyBuilder, push_escaped, push_ip};
+use crate::key::{KeyBuilder, push_escaped, push_ip_escaped};
 
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -94,7 +94,9 @@ return out
 pub enum FailureMode {
     /// Allow the request (logged and counted as `backend_error`).
     Open,
-    /// Answer 503 with a JSON body (gRPC: `UNAVAILABLE`).
+    /// Answer 503 with a JSON body (gRPC: `UNAVAILABLE`). With
+    /// [`RedisBackend::lease`], a key this instance holds a live reservation for is still
+    /// served from it (those units were taken from the shared quota before the failure).
     Closed,
     /// Enforce the same policies on an in-memory limiter; each quota is divided by
     /// `divisor` (the number of instances sharing the Redis quota).
@@ -292,6 +294,12 @@ impl RedisBackend {
     /// `RateLimit` headers of leased decisions are estimates. `batch` below 2 turns
     /// leasing off (the default).
     ///
+    /// While Redis is failing, a live reservation (or a refusal repeated locally) still
+    /// answers its key; the failure mode applies to the other keys. A reservation is
+    /// only taken when this instance has room to keep it (the lease table holds at most
+    /// [`DEFAULT_MAX_KEYS`](super::memory::DEFAULT_MAX_KEYS) keys); otherwise the key is
+    /// decided one request at a time.
+    ///
     /// ```no_run
     /// # async fn f() -> Result<(), redis::RedisError> {
     /// use std::time::Duration;
@@ -411,9 +419,15 @@ impl RedisStore {
         }
         let result = match lease {
             None => self.eval_keys(&mut base, policy, policy.cost, None).await,
-            Some((leases, key, first)) => self.leased(leases, &key, first, &mut base, policy).await,
+            Some((leases, key, first)) => {
+                self.leased(leases, &key, first, &mut base, policy, down)
+                    .await
+            }
         };
-        if result.is_err() {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, BackendError::Down))
+        {
             let interval =
                 u64::try_from(self.backend.retry_interval.as_micros()).unwrap_or(u64::MAX / 4);
             down.store(now + interval, Ordering::Relaxed);
@@ -439,7 +453,9 @@ impl RedisStore {
     }
 
     /// A decision in leasing mode that `first` (the lease table's first answer) did not
-    /// serve: alone in plain mode, else by reserving a batch, else (no batch fits) alone.
+    /// serve: alone in plain mode, else by reserving a batch, else (no batch fits, or no
+    /// room to keep the reservation) alone. `down` is the retry-interval mark of the
+    /// key's Redis.
     async fn leased(
         &self,
         leases: &Leases,
@@ -447,6 +463,7 @@ impl RedisStore {
         first: Take,
         base: &mut String,
         policy: &Compiled,
+        down: &AtomicU64,
     ) -> Result<Outcome, BackendError> {
         if let Take::Plain = first {
             // Alone: nothing to share with concurrent requests, so no single-flight.
@@ -459,6 +476,14 @@ impl RedisStore {
             Take::Served(outcome) => return Ok(outcome),
             Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
             Take::Lease => {}
+        }
+        // The call this request waited for failed: do not wait out another timeout.
+        if down.load(Ordering::Relaxed) > now {
+            return Err(BackendError::Down);
+        }
+        if !leases.has_room(key, now) {
+            // A reservation that could not be kept would be lost: decide alone.
+            return self.eval_keys(base, policy, policy.cost, None).await;
         }
         let batch = leases.batch_cost(policy.cost);
         let outcome = self.eval_keys(base, policy, batch, None).await?;
@@ -524,20 +549,19 @@ impl RedisStore {
 /// `{prefix:version:policy:kind:value}:`, the start of the keys of one decision: what
 /// `keys.build([policy, kind, value])` gives, in a hash tag, in one allocation.
 fn decision_key(keys: &KeyBuilder, policy: &Compiled, subject: &Subject) -> String {
-    keys.build_tagged(policy.name.len() + 48, |key| {
+    let value = match subject {
+        Subject::Text(text) => text.len(),
+        _ => 0,
+    };
+    // Escaping at most triples a part.
+    keys.build_tagged(3 * (policy.name.len() + value) + 64, |key| {
         key.push(':');
         push_escaped(key, &policy.name);
         key.push(':');
         match subject {
             Subject::Ip(ip) => {
                 key.push_str("ip:");
-                let start = key.len();
-                push_ip(key, *ip);
-                if ip.is_ipv6() {
-                    // Its `:` are escaped like any part's.
-                    let raw = key.split_off(start);
-                    push_escaped(key, &raw);
-                }
+                push_ip_escaped(key, *ip);
             }
             Subject::Text(text) => {
                 push_escaped(key, policy.key.kind());

@@ -555,3 +555,86 @@ async fn leasing_cuts_round_trips_and_never_over_admits() {
         "{leased_exact_calls}"
     );
 }
+
+/// A reservation was taken from the shared quota: while Redis is down it still answers
+/// its key, and only keys without one get the failure mode.
+#[tokio::test]
+async fn a_live_lease_answers_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let layer = one_policy(Quota::per_minute(1000))
+        .redis(
+            backend(&server.url())
+                .await
+                .failure_mode(FailureMode::Closed)
+                .retry_interval(Duration::from_secs(30))
+                .lease(10, Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    // The first request reserves 10 units: 9 left for this key on this instance.
+    assert_eq!(status(&mut svc, get("/", PEER)).await, 200);
+    server.stop();
+    // Another key finds Redis gone: Redis is marked down for the retry interval.
+    assert_eq!(
+        status(&mut svc, get("/", "192.0.2.99:1")).await,
+        503,
+        "no reservation: the failure mode"
+    );
+    for i in 0..9 {
+        assert_eq!(
+            status(&mut svc, get("/", PEER)).await,
+            200,
+            "leased unit {i}"
+        );
+    }
+    assert_eq!(
+        status(&mut svc, get("/", PEER)).await,
+        503,
+        "reservation used up: the failure mode"
+    );
+}
+
+/// Requests of one key waiting for the same round trip do not each wait out a timeout
+/// when it fails: after the first timeout, the others see Redis marked down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_failed_lease_call_do_not_time_out_one_by_one() {
+    let server = RedisServer::start_with_args(&["--enable-debug-command", "yes"]);
+    let layer = one_policy(Quota::per_minute(1000))
+        .redis(
+            backend(&server.url())
+                .await
+                .timeout(Duration::from_millis(200))
+                .failure_mode(FailureMode::Open)
+                .lease(10, Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    let svc = service(&layer);
+    let url = server.url();
+    let sleeper = tokio::spawn(async move {
+        let mut con = raw(&url).await;
+        let _: Result<(), _> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("2")
+            .query_async(&mut con)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move { status(&mut svc, get("/", PEER)).await })
+        })
+        .collect();
+    for w in waiters {
+        assert_eq!(w.await.unwrap(), 200, "open: allowed");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "one timeout for all five, not one each: {took:?}"
+    );
+    sleeper.await.unwrap();
+}
