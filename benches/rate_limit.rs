@@ -152,7 +152,8 @@ fn bench(c: &mut Criterion) {
     // The script alone: the `EVALSHA` the layer sends (same key, same arguments: one
     // window, cost 1, the server's time, interval 1 µs, burst 10^9), built the same way.
     let script = redis::Script::new(REDIS_SCRIPT);
-    rt.block_on(script.load_async(&mut manager.clone())).unwrap();
+    rt.block_on(script.load_async(&mut manager.clone()))
+        .unwrap();
     let mut evalsha = redis::cmd("EVALSHA");
     evalsha
         .arg(script.get_hash())
