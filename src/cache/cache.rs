@@ -819,8 +819,9 @@ impl<C: Codec> Cache<C> {
         if lookup && let Some(local) = self.shared.store.local() {
             match self.local_get(&local, key).await {
                 Hit::Value(v) => return (Some(v), Snapshot::default()),
-                Hit::Miss => local_missed = true,
-                Hit::Undecodable => {}
+                // An undecodable local entry is a miss too: the versions must come
+                // from the backend (a two-tier L1 hit carries none).
+                Hit::Miss | Hit::Undecodable => local_missed = true,
             }
         }
         let loc = self.loc(key);

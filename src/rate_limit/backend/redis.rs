@@ -295,10 +295,11 @@ impl RedisBackend {
     /// leasing off (the default).
     ///
     /// While Redis is failing, a live reservation (or a refusal repeated locally) still
-    /// answers its key; the failure mode applies to the other keys. A reservation is
-    /// only taken when this instance has room to keep it (the lease table holds at most
-    /// [`DEFAULT_MAX_KEYS`](super::memory::DEFAULT_MAX_KEYS) keys); otherwise the key is
-    /// decided one request at a time.
+    /// answers its key; the failure mode applies to the other keys. A batch is reserved
+    /// only when the lease table (at most [`DEFAULT_MAX_KEYS`](super::memory::DEFAULT_MAX_KEYS)
+    /// keys) has room for it as the round trip starts; otherwise the key is decided one
+    /// request at a time. (Concurrent reservations racing for a shard's last slot can
+    /// still lose one: under-admission, never over-admission.)
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), redis::RedisError> {
@@ -428,11 +429,20 @@ impl RedisStore {
             .as_ref()
             .is_err_and(|e| !matches!(e, BackendError::Down))
         {
-            let interval =
-                u64::try_from(self.backend.retry_interval.as_micros()).unwrap_or(u64::MAX / 4);
-            down.store(now + interval, Ordering::Relaxed);
+            self.mark_down(down);
         }
         result
+    }
+
+    /// Leaves Redis alone for the retry interval, counted from now (after the failed
+    /// call: a timeout longer than the interval must still leave a mark).
+    fn mark_down(&self, down: &AtomicU64) {
+        let interval =
+            u64::try_from(self.backend.retry_interval.as_micros()).unwrap_or(u64::MAX / 4);
+        down.store(
+            self.backend.clock.now_us().saturating_add(interval),
+            Ordering::Relaxed,
+        );
     }
 
     /// Runs the script; `now_us` overrides the server time (tests of equivalence).
@@ -470,11 +480,14 @@ impl RedisStore {
             return self.eval_keys(base, policy, policy.cost, None).await;
         }
         // One round trip per key at a time: the others wait, then use its answer.
-        let _flight = leases.flight(key).await;
+        let flight = leases.flight(key).await;
         let now = self.backend.clock.now_us();
         match leases.take(key, policy.cost, now) {
             Take::Served(outcome) => return Ok(outcome),
-            Take::Plain => return self.eval_keys(base, policy, policy.cost, None).await,
+            Take::Plain => {
+                drop(flight);
+                return self.eval_keys(base, policy, policy.cost, None).await;
+            }
             Take::Lease => {}
         }
         // The call this request waited for failed: do not wait out another timeout.
@@ -483,16 +496,29 @@ impl RedisStore {
         }
         if !leases.has_room(key, now) {
             // A reservation that could not be kept would be lost: decide alone.
+            drop(flight);
             return self.eval_keys(base, policy, policy.cost, None).await;
         }
+        // A failure is marked before the waiters are let go, so they see it.
+        let fail = |e| {
+            self.mark_down(down);
+            e
+        };
         let batch = leases.batch_cost(policy.cost);
-        let outcome = self.eval_keys(base, policy, batch, None).await?;
+        let outcome = self
+            .eval_keys(base, policy, batch, None)
+            .await
+            .map_err(fail)?;
         if outcome.allowed {
             let extra = batch - policy.cost;
             return Ok(leases.store(key, extra, policy.cost, now, outcome));
         }
-        let single = self.eval_keys(base, policy, policy.cost, None).await?;
+        let single = self
+            .eval_keys(base, policy, policy.cost, None)
+            .await
+            .map_err(fail)?;
         leases.plain(key, now, single);
+        drop(flight);
         Ok(single)
     }
 

@@ -325,15 +325,7 @@ async fn a_slow_redis_times_out_into_the_failure_mode() {
             .headers()
             .contains_key("ratelimit")
     );
-    let url = server.url();
-    let sleeper = tokio::spawn(async move {
-        let mut con = raw(&url).await;
-        let _: Result<(), _> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.5")
-            .query_async(&mut con)
-            .await;
-    });
+    let sleeper = stall(&server, "0.5");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let res = send(&mut svc, get("/", PEER)).await;
@@ -452,6 +444,20 @@ fn cluster_slots_match_redis() {
         "an empty tag hashes the whole key"
     );
     assert_eq!(key_slot("a{b}c{d}"), key_slot("b"));
+}
+
+/// Keeps `server` (started with `--enable-debug-command yes`) busy for `secs` seconds
+/// (`DEBUG SLEEP`); the handle ends when the server answers again.
+fn stall(server: &RedisServer, secs: &'static str) -> tokio::task::JoinHandle<()> {
+    let url = server.url();
+    tokio::spawn(async move {
+        let mut con = raw(&url).await;
+        let _: Result<(), _> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(secs)
+            .query_async(&mut con)
+            .await;
+    })
 }
 
 /// Script calls Redis has served since the last `CONFIG RESETSTAT`.
@@ -611,30 +617,58 @@ async fn waiters_on_a_failed_lease_call_do_not_time_out_one_by_one() {
         .build()
         .unwrap();
     let svc = service(&layer);
-    let url = server.url();
-    let sleeper = tokio::spawn(async move {
-        let mut con = raw(&url).await;
-        let _: Result<(), _> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("2")
-            .query_async(&mut con)
-            .await;
-    });
+    let sleeper = stall(&server, "2");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let waiters: Vec<_> = (0..5)
         .map(|_| {
             let mut svc = svc.clone();
-            tokio::spawn(async move { status(&mut svc, get("/", PEER)).await })
+            tokio::spawn(async move { send(&mut svc, get("/", PEER)).await })
         })
         .collect();
     for w in waiters {
-        assert_eq!(w.await.unwrap(), 200, "open: allowed");
+        let res = w.await.unwrap();
+        assert_eq!(res.status(), 200, "open: allowed");
+        assert!(
+            !res.headers().contains_key("ratelimit"),
+            "decided by the failure mode, not by Redis"
+        );
     }
     let took = started.elapsed();
     assert!(
         took < Duration::from_millis(700),
         "one timeout for all five, not one each: {took:?}"
+    );
+    sleeper.await.unwrap();
+}
+
+/// The retry interval counts from the end of the failed call: a timeout longer than the
+/// interval still leaves Redis alone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_longer_than_the_retry_interval_still_marks_redis_down() {
+    let server = RedisServer::start_with_args(&["--enable-debug-command", "yes"]);
+    let layer = one_policy(Quota::per_minute(1000))
+        .redis(
+            backend(&server.url())
+                .await
+                .timeout(Duration::from_millis(300))
+                .retry_interval(Duration::from_millis(200))
+                .failure_mode(FailureMode::Open),
+        )
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let sleeper = stall(&server, "2");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let res = send(&mut svc, get("/", PEER)).await;
+    assert!(!res.headers().contains_key("ratelimit"), "timed out");
+    let started = Instant::now();
+    let res = send(&mut svc, get("/", PEER)).await;
+    let took = started.elapsed();
+    assert!(!res.headers().contains_key("ratelimit"));
+    assert!(
+        took < Duration::from_millis(150),
+        "marked down: no second timeout ({took:?})"
     );
     sleeper.await.unwrap();
 }
