@@ -78,14 +78,19 @@ impl KeyBuilder {
         I::Item: AsRef<str>,
     {
         let mut key = String::with_capacity(64);
-        key.push_str(&self.prefix);
-        key.push(':');
-        push_decimal(&mut key, u64::from(self.version));
+        self.push_head(&mut key);
         for part in parts {
             key.push(':');
             push_escaped(&mut key, part.as_ref());
         }
         cap_len(key, self.max_len)
+    }
+
+    /// `prefix:version`, the start of every key.
+    fn push_head(&self, key: &mut String) {
+        key.push_str(&self.prefix);
+        key.push(':');
+        push_decimal(key, u64::from(self.version));
     }
 
     /// A key as [`build`](Self::build) makes it, wrapped in a Redis Cluster hash tag and
@@ -95,9 +100,7 @@ impl KeyBuilder {
     pub(crate) fn build_tagged(&self, extra: usize, parts: impl FnOnce(&mut String)) -> String {
         let mut key = String::with_capacity(self.prefix.len() + extra + 16);
         key.push('{');
-        key.push_str(&self.prefix);
-        key.push(':');
-        push_decimal(&mut key, u64::from(self.version));
+        self.push_head(&mut key);
         parts(&mut key);
         if key.len() - 1 > self.max_len {
             let capped = cap_len(key[1..].to_owned(), self.max_len);
@@ -149,20 +152,11 @@ pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 /// Appends an address as [`push_ip`] does, escaped as a key part ([`push_escaped`]):
 /// an IPv6 address's `:` become `%3A`, in place.
 pub(crate) fn push_ip_escaped(out: &mut String, ip: std::net::IpAddr) {
-    /// Writes through to a key, escaping the separator (the only character of an
-    /// address's text that needs it).
+    /// Writes through to a key, escaped as any part is.
     struct Escaped<'a>(&'a mut String);
     impl std::fmt::Write for Escaped<'_> {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for part in s.split_inclusive(':') {
-                match part.strip_suffix(':') {
-                    Some(head) => {
-                        self.0.push_str(head);
-                        self.0.push_str("%3A");
-                    }
-                    None => self.0.push_str(part),
-                }
-            }
+            push_escaped(self.0, s);
             Ok(())
         }
     }

@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use super::memory::IdHasher;
+use super::memory::{IdHasher, room_for, shard_index};
 use crate::rate_limit::{gcra::Outcome, policy::Subject};
 
 /// How leasing is configured.
@@ -127,10 +127,7 @@ impl Leases {
     }
 
     fn shard(&self, key: &LeaseKey<'_>) -> MutexGuard<'_, Shard> {
-        // The hash's middle bits: the low ones pick a bucket inside the shard's map.
-        #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
-        let i = ((key.hash >> 32) % self.shards.len() as u64) as usize;
-        self.shards[i]
+        self.shards[shard_index(key.hash, self.shards.len())]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -195,12 +192,9 @@ impl Leases {
     /// Whether a reservation of `key` could be kept now (making room by dropping expired
     /// ones): reserving one that [`store`](Self::store) would have to drop loses it.
     pub(crate) fn has_room(&self, key: &LeaseKey<'_>, now: u64) -> bool {
-        let mut map = self.shard(key);
-        if map.len() < self.per_shard || map.contains_key(&key.hash) {
-            return true;
-        }
-        map.retain(|_, l| l.expires > now);
-        map.len() < self.per_shard
+        room_for(&mut self.shard(key), key.hash, self.per_shard, |l| {
+            l.expires > now
+        })
     }
 
     fn insert(
@@ -213,12 +207,9 @@ impl Leases {
         ttl: u64,
     ) {
         let mut map = self.shard(key);
-        if map.len() >= self.per_shard && !map.contains_key(&key.hash) {
-            map.retain(|_, l| l.expires > now);
-            if map.len() >= self.per_shard {
-                // Full of live leases: this key is decided without one.
-                return;
-            }
+        if !room_for(&mut map, key.hash, self.per_shard, |l| l.expires > now) {
+            // Full of live leases: this key is decided without one.
+            return;
         }
         map.insert(
             key.hash,

@@ -219,9 +219,7 @@ impl MemoryStore {
         decide: impl FnOnce(&mut [u64]) -> (R, bool),
     ) -> R {
         let hash = self.hasher.hash_one((policy, &subject));
-        // The hash's middle bits: the low ones pick a bucket inside the shard's map.
-        #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
-        let shard = &self.shards[((hash >> 32) % self.shards.len() as u64) as usize];
+        let shard = &self.shards[shard_index(hash, self.shards.len())];
         let mut map = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -264,6 +262,32 @@ impl MemoryStore {
                 .retain(|_, t| t.iter().any(|tat| *tat > now));
         }
     }
+}
+
+/// The shard of a precomputed hash among `shards`: from its middle bits, since the low
+/// ones pick a bucket inside the shard's map (keyed by that same hash).
+pub(crate) fn shard_index(hash: u64, shards: usize) -> usize {
+    #[allow(clippy::cast_possible_truncation)] // the modulo fits in usize
+    let i = ((hash >> 32) % shards as u64) as usize;
+    i
+}
+
+/// Makes room for one more key in a map of at most `cap` entries that lacks it, by
+/// dropping the entries `live` says are over; `false` when it stays full.
+pub(crate) fn room_for<V, S>(
+    map: &mut HashMap<u64, V, S>,
+    key: u64,
+    cap: usize,
+    mut live: impl FnMut(&V) -> bool,
+) -> bool
+where
+    S: BuildHasher,
+{
+    if map.len() < cap || map.contains_key(&key) {
+        return true;
+    }
+    map.retain(|_, v| live(v));
+    map.len() < cap
 }
 
 /// The number of entries of sharded maps.

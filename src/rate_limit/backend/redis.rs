@@ -518,7 +518,6 @@ impl RedisStore {
             .await
             .map_err(fail)?;
         leases.plain(key, now, single);
-        drop(flight);
         Ok(single)
     }
 
