@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{
     backend::memory::{DEFAULT_MAX_KEYS, MemoryBackend},
     layer::RateLimitBuilder,
-    policy::{Anonymous, Key, Policy},
+    policy::{Anonymous, Key, MissingPeer, Policy},
     quota::Quota,
     response::HeaderStyle,
 };
@@ -46,6 +46,12 @@ pub struct RateLimitConfig {
     /// The in-memory backend's key cap. By default, 100 000.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Client networks exempt from every policy. By default, none.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Requests whose client address is unknown. By default, `reject`.
+    #[serde(default)]
+    pub missing_peer: MissingPeer,
     /// The policies, in order.
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
@@ -82,6 +88,9 @@ pub struct PolicyConfig {
     /// Requests without a key value. By default, `client_ip`.
     #[serde(default)]
     pub anonymous: Anonymous,
+    /// Client networks this policy never limits. By default, none.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -156,8 +165,14 @@ impl RateLimitConfig {
         for e in &self.exempt {
             b = b.exempt(e.clone());
         }
+        b = b
+            .allow(self.allow.iter().cloned())
+            .missing_peer(self.missing_peer);
         for p in &self.policies {
             b = b.policy(p.policy()?);
+            if !p.allow.is_empty() {
+                b = b.allow_for(&p.name, p.allow.iter().cloned());
+            }
         }
         Ok(b)
     }

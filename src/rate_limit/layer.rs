@@ -7,12 +7,11 @@ use tower_layer::Layer;
 
 #[cfg(feature = "redis")]
 use super::backend::redis::{BackendError, FailureMode, RedisBackend, RedisStore};
-#[cfg(feature = "redis")]
-use super::policy::Subject;
 use super::{
     backend::memory::{MemoryBackend, MemoryStore},
     pattern::PathPattern,
     policy::{Compiled, Policy, RequestInfo},
+    policy::{MissingPeer, Subject},
     response::{
         Checked, Checks, DefaultRejection, HeaderStyle, OnRejection, Rejection, RejectionKind,
         Rendered, render,
@@ -98,6 +97,8 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimitBuilder {
     policies: Vec<Policy>,
     exempt: Vec<String>,
+    allow: Vec<(Option<String>, String)>,
+    missing_peer: MissingPeer,
     resolver: ClientIpResolver,
     identity: IdentityReader,
     memory: MemoryBackend,
@@ -112,6 +113,8 @@ impl Default for RateLimitBuilder {
         Self {
             policies: Vec::new(),
             exempt: Vec::new(),
+            allow: Vec::new(),
+            missing_peer: MissingPeer::default(),
             resolver: ClientIpResolver::default(),
             identity: IdentityReader::new(),
             memory: MemoryBackend::default(),
@@ -145,6 +148,60 @@ impl RateLimitBuilder {
     /// By default, nothing is exempt.
     pub fn exempt(mut self, pattern: impl Into<String>) -> Self {
         self.exempt.push(pattern.into());
+        self
+    }
+
+    /// Exempts clients in these networks (CIDRs such as `10.0.0.0/8`, or single
+    /// addresses) from every policy: internal monitors, an office network.
+    ///
+    /// By default, no client is exempt. Entries are checked by [`build`](Self::build): an
+    /// empty or malformed entry is an error there.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("api", Quota::per_second(10)))
+    ///     .allow(["192.0.2.0/24", "2001:db8::1"])
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// let bad = RateLimitLayer::builder().allow([""]).build();
+    /// assert!(bad.unwrap_err().to_string().contains("allowlist"));
+    /// ```
+    pub fn allow<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allow
+            .extend(networks.into_iter().map(|n| (None, n.into())));
+        self
+    }
+
+    /// Exempts clients in these networks from the policy named `policy` only.
+    ///
+    /// By default, no client is exempt. An unknown policy name is an error at
+    /// [`build`](Self::build).
+    pub fn allow_for<I, S>(mut self, policy: &str, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allow.extend(
+            networks
+                .into_iter()
+                .map(|n| (Some(policy.to_owned()), n.into())),
+        );
+        self
+    }
+
+    /// What happens to requests whose client address is unknown when a policy needs it.
+    ///
+    /// By default, [`MissingPeer::Reject`]: a JSON 500 naming the fix, and one warning.
+    pub fn missing_peer(mut self, missing: MissingPeer) -> Self {
+        self.missing_peer = missing;
         self
     }
 
@@ -224,6 +281,23 @@ impl RateLimitBuilder {
             }
             policies.push(p.compile(i, divisor)?);
         }
+        for (name, entry) in &self.allow {
+            let net = parse_allow(entry)?;
+            match name {
+                None => policies.iter_mut().for_each(|c| c.allow.push(net)),
+                Some(name) => policies
+                    .iter_mut()
+                    .find(|c| &*c.name == name)
+                    .ok_or_else(|| {
+                        ConfigError::new(format!(
+                            "rate-limit allowlist names policy `{name}`, which is not configured: \
+                             add the policy first, or use .allow(...) for every policy"
+                        ))
+                    })?
+                    .allow
+                    .push(net),
+            }
+        }
         let exempt = self
             .exempt
             .iter()
@@ -240,6 +314,8 @@ impl RateLimitBuilder {
             limiter: Arc::new(Limiter {
                 policies,
                 exempt,
+                missing_peer: self.missing_peer,
+                warned_missing_peer: std::sync::atomic::AtomicBool::new(false),
                 resolver: self.resolver,
                 identity: self.identity,
                 backend,
@@ -261,6 +337,8 @@ pub(crate) enum Backend {
 pub(crate) struct Limiter {
     pub(crate) policies: Vec<Compiled>,
     exempt: Vec<PathPattern>,
+    missing_peer: MissingPeer,
+    warned_missing_peer: std::sync::atomic::AtomicBool,
     resolver: ClientIpResolver,
     identity: IdentityReader,
     pub(crate) backend: Backend,
@@ -331,8 +409,10 @@ impl Limiter {
         let mut remote: Vec<(usize, Subject)> = Vec::new();
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
             let info = info.get_or_insert_with(|| self.info(req));
-            let Some(subject) = policy.subject(info, &self.identity) else {
-                continue;
+            let subject = match self.subject(policy, info) {
+                Ok(Some(subject)) => subject,
+                Ok(None) => continue,
+                Err(()) => return self.missing_peer_plan(policy, grpc()),
             };
             match &self.backend {
                 Backend::Memory(store) => {
@@ -364,8 +444,10 @@ impl Limiter {
         let mut info: Option<RequestInfo<'_>> = None;
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
             let info = info.get_or_insert_with(|| self.info(req));
-            let Some(subject) = policy.subject(info, &self.identity) else {
-                continue;
+            let subject = match self.subject(policy, info) {
+                Ok(Some(subject)) => subject,
+                Ok(None) => continue,
+                Err(()) => return self.missing_peer_plan(policy, Self::is_grpc(req)),
             };
             let retry_after = store.refusal(policy.index, subject, &policy.windows, policy.cost);
             if retry_after == 0 {
@@ -392,6 +474,53 @@ impl Limiter {
         let mut checked = Checks::new(false);
         let reject = Self::record(policy, outcome, || Self::is_grpc(req), &mut checked)?;
         Some(Plan::Reject(Box::new(self.reject(reject, &checked))))
+    }
+
+    /// The subject of a request for `policy` after the allowlist and the missing-peer
+    /// rule: `Ok(None)` when the policy does not limit it, `Err(())` when it must be
+    /// refused for want of a client address.
+    #[inline]
+    fn subject(&self, policy: &Compiled, info: &RequestInfo<'_>) -> Result<Option<Subject>, ()> {
+        if !policy.allow.is_empty()
+            && info
+                .client_ip
+                .is_some_and(|c| policy.allow.iter().any(|n| n.contains(&c.addr())))
+        {
+            return Ok(None);
+        }
+        match policy.subject(info, &self.identity) {
+            Some(Subject::Unknown) => match self.missing_peer {
+                MissingPeer::Shared => Ok(Some(Subject::Unknown)),
+                MissingPeer::Skip => Ok(None),
+                MissingPeer::Reject => Err(()),
+            },
+            other => Ok(other),
+        }
+    }
+
+    /// A request refused because its client address is unknown: counted, warned about
+    /// once per limiter (the fix is a deployment change), answered 500.
+    #[cold]
+    #[inline(never)]
+    fn missing_peer_plan(&self, policy: &Compiled, grpc: bool) -> Plan {
+        if !self
+            .warned_missing_peer
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                policy = %policy.name,
+                "{}",
+                super::response::MISSING_PEER_DETAIL
+            );
+        }
+        metrics::counter!("rampart_rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "missing_peer").increment(1);
+        let r = Rejection::new(
+            RejectionKind::MissingPeer,
+            policy.name.clone(),
+            Duration::ZERO,
+            grpc,
+        );
+        Plan::Reject(Box::new(self.reject(r, &Checks::default())))
     }
 
     /// What the policies may key a request on.
@@ -483,14 +612,14 @@ impl Limiter {
                     } else {
                         tracing::warn!(policy = %policy.name, error = %err, "rate limit backend failed: failure mode applies");
                     }
-                    metrics::counter!("rate_limit_backend_errors_total", "policy" => policy.name.clone()).increment(1);
+                    metrics::counter!("rampart_rate_limit_backend_errors_total", "policy" => policy.name.clone()).increment(1);
                     match store.failure_mode() {
                         FailureMode::Open => {
-                            metrics::counter!("rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "backend_error").increment(1);
+                            metrics::counter!("rampart_rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "backend_error").increment(1);
                             continue;
                         }
                         FailureMode::Closed => {
-                            metrics::counter!("rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "unavailable").increment(1);
+                            metrics::counter!("rampart_rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "unavailable").increment(1);
                             let r = Rejection::new(
                                 RejectionKind::BackendUnavailable,
                                 policy.name.clone(),
@@ -518,4 +647,25 @@ impl Limiter {
         }
         Ok(self.headers_for(&checked))
     }
+}
+
+/// One allowlist entry: a network or a single address.
+fn parse_allow(entry: &str) -> Result<ipnet::IpNet, ConfigError> {
+    let trimmed = entry.trim();
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(
+            "rate-limit allowlist has an empty entry: remove it, or write a network such as \
+             `10.0.0.0/8` or an address such as `192.0.2.7`",
+        ));
+    }
+    trimmed
+        .parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| trimmed.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            ConfigError::new(format!(
+                "rate-limit allowlist entry `{trimmed}` is neither a network (`10.0.0.0/8`) nor \
+                 an address (`192.0.2.7`)"
+            ))
+        })
 }

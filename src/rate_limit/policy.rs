@@ -115,6 +115,39 @@ pub enum Anonymous {
     Shared,
 }
 
+/// What the limiter does with a request whose client address is unknown (no peer address
+/// in the request extensions: an axum app served without
+/// `into_make_service_with_connect_info::<SocketAddr>()`, the `axum` feature off, or bare
+/// hyper without [`PeerAddr`](crate::client_ip::PeerAddr)) when a policy needs it.
+///
+/// By default, [`MissingPeer::Reject`]: silently counting such requests together would
+/// let one client lock out everyone.
+///
+/// # Example
+///
+/// ```
+/// use tower_rampart::rate_limit::{MissingPeer, Policy, Quota, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::new("api", Quota::per_second(10)))
+///     .missing_peer(MissingPeer::Skip) // e.g. a Unix-socket deployment, limited upstream
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissingPeer {
+    /// Answer a JSON **500** whose detail names the fix, and log one warning. The default.
+    #[default]
+    Reject,
+    /// Count all such requests in one shared bucket per policy.
+    Shared,
+    /// Do not limit such requests by the policies that need an address.
+    Skip,
+}
+
 /// What a custom key closure sees of the request.
 #[derive(Debug)]
 pub struct RequestInfo<'a> {
@@ -352,9 +385,10 @@ impl Policy {
             shadow: self.shadow,
             anonymous: self.anonymous,
             policy_header,
+            allow: Vec::new(),
             metric_keys: ["allowed", "rejected", "shadow_rejected"].map(|outcome| {
                 metrics::Key::from_parts(
-                    "rate_limit_decisions_total",
+                    "rampart_rate_limit_decisions_total",
                     vec![
                         metrics::Label::new("policy", name.clone()),
                         metrics::Label::new("outcome", outcome),
@@ -391,7 +425,9 @@ pub(crate) struct Compiled {
     pub(crate) shadow: bool,
     pub(crate) anonymous: Anonymous,
     pub(crate) policy_header: HeaderValue,
-    /// `rate_limit_decisions_total{policy, outcome}` for allowed, rejected, shadow_rejected.
+    /// Client networks this policy never limits (the limiter's allowlist and its own).
+    pub(crate) allow: Vec<ipnet::IpNet>,
+    /// `rampart_rate_limit_decisions_total{policy, outcome}` for allowed, rejected, shadow_rejected.
     pub(crate) metric_keys: [metrics::Key; 3],
 }
 
@@ -401,7 +437,10 @@ pub(crate) enum Subject {
     Ip(IpAddr),
     Text(Box<str>),
     Global,
-    /// No client address known and no other key: one shared bucket.
+    /// Requests without a value for the key ([`Anonymous::Shared`]): a bucket of its own,
+    /// never the one of a user or header value that happens to read `anonymous`.
+    Anonymous,
+    /// No client address known ([`MissingPeer`] decides).
     Unknown,
 }
 
@@ -442,7 +481,7 @@ impl Compiled {
             (Some(s), _) => Some(s),
             (None, Anonymous::ClientIp) => Some(ip()),
             (None, Anonymous::Skip) => None,
-            (None, Anonymous::Shared) => Some(Subject::Text("anonymous".into())),
+            (None, Anonymous::Shared) => Some(Subject::Anonymous),
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum RejectionKind {
     RateLimited,
     /// The backend failed and the failure mode is `Closed` (HTTP 503, gRPC `UNAVAILABLE`).
     BackendUnavailable,
+    /// The client address is unknown and [`MissingPeer::Reject`](super::MissingPeer::Reject)
+    /// applies (HTTP 500, gRPC `INTERNAL`): a deployment error, named in the detail.
+    MissingPeer,
 }
 
 /// A refused request, given to the [`OnRejection`] strategy and put into the response's
@@ -108,6 +111,13 @@ impl fmt::Display for Rejection {
             RejectionKind::BackendUnavailable => {
                 write!(f, "rate limit `{}` backend unavailable", self.policy)
             }
+            RejectionKind::MissingPeer => {
+                write!(
+                    f,
+                    "rate limit `{}` needs the client address, and none is known",
+                    self.policy
+                )
+            }
         }
     }
 }
@@ -158,6 +168,8 @@ where
 ///   requests. Please try again in N seconds.", "retry_after": N}`;
 /// - backend unavailable (`FailureMode::Closed`): **503** `{"error": "Service
 ///   unavailable", "detail": "…", "retry_after": N}`;
+/// - client address unknown (`MissingPeer::Reject`): **500** `{"error": "Client address
+///   unknown", "detail": "…"}`, the detail naming the fix (no `Retry-After`);
 /// - gRPC: a trailers-only response with `grpc-status` 8 (`RESOURCE_EXHAUSTED`) or 14
 ///   (`UNAVAILABLE`) and the retry hint in the `retry-after` (seconds) and
 ///   `grpc-retry-pushback-ms` metadata.
@@ -184,6 +196,10 @@ impl OnRejection for DefaultRejection {
             return grpc_response(rejection, secs);
         }
         let unit = if secs == 1 { "second" } else { "seconds" };
+        if rejection.kind() == RejectionKind::MissingPeer {
+            return JsonError::new("Client address unknown", MISSING_PEER_DETAIL)
+                .into_response(StatusCode::INTERNAL_SERVER_ERROR);
+        }
         let (status, body) = match rejection.kind() {
             RejectionKind::RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -192,7 +208,7 @@ impl OnRejection for DefaultRejection {
                     format!("Too many requests. Please try again in {secs} {unit}."),
                 ),
             ),
-            RejectionKind::BackendUnavailable => (
+            RejectionKind::BackendUnavailable | RejectionKind::MissingPeer => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 JsonError::new(
                     "Service unavailable",
@@ -206,6 +222,13 @@ impl OnRejection for DefaultRejection {
     }
 }
 
+/// What a server without peer addresses must change, for the 500 and the log.
+pub(crate) const MISSING_PEER_DETAIL: &str = "The server cannot tell the client's address, so its \
+    rate limits cannot apply. Operators: serve the app with \
+    `into_make_service_with_connect_info::<SocketAddr>()` (axum, feature `axum`), insert \
+    `PeerAddr` when accepting (hyper), or choose `MissingPeer::Shared` or `MissingPeer::Skip` \
+    on the rate limiter.";
+
 #[cfg(feature = "tonic")]
 fn grpc_response(rejection: &Rejection, secs: u64) -> Response<Bytes> {
     use tonic::metadata::MetadataValue;
@@ -215,6 +238,9 @@ fn grpc_response(rejection: &Rejection, secs: u64) -> Response<Bytes> {
         }
         RejectionKind::BackendUnavailable => {
             tonic::Status::unavailable("rate limiting temporarily unavailable")
+        }
+        RejectionKind::MissingPeer => {
+            return tonic::Status::internal(MISSING_PEER_DETAIL).into_http();
         }
     };
     let ms = u64::try_from(rejection.retry_after().as_millis())
@@ -413,7 +439,10 @@ pub(crate) fn finish_rejection(
     rejection: Rejection,
     headers: Option<Rendered>,
 ) -> Response<Bytes> {
-    if !rejection.is_grpc() && !res.headers().contains_key(RETRY_AFTER) {
+    if !rejection.is_grpc()
+        && rejection.kind() != RejectionKind::MissingPeer
+        && !res.headers().contains_key(RETRY_AFTER)
+    {
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(rejection.retry_after_secs()));
     }

@@ -187,9 +187,10 @@ async fn per_user_policy_counts_users_and_falls_back_to_ip() {
         status(&mut svc, get("/api/orders", "192.0.2.2:1")).await,
         200
     );
-    // A request without any peer address shares the "unknown" bucket.
+    // An anonymous request without any peer address cannot be counted by IP: refused
+    // loudly (`MissingPeer::Reject`, the default), never a shared bucket.
     let no_peer = || Request::get("/api/x").body(Full::default()).unwrap();
-    assert_eq!(status(&mut svc, no_peer()).await, 200);
+    assert_eq!(status(&mut svc, no_peer()).await, 500);
     // 100 per hour: after 36 s one more request of alice's is allowed.
     tokio::time::advance(Duration::from_secs(36)).await;
     assert_eq!(status(&mut svc, as_user("alice", PEER)).await, 200);
@@ -554,7 +555,7 @@ mod grpc;
 /// Decisions of `policy` with `outcome`, as counted by the test recorder.
 fn decisions(recorder: &crate::test_util::TestRecorder, policy: &str, outcome: &str) -> u64 {
     recorder.counter_total(
-        "rate_limit_decisions_total",
+        "rampart_rate_limit_decisions_total",
         &[("policy", policy), ("outcome", outcome)],
     )
 }
@@ -592,3 +593,161 @@ async fn decisions_are_counted_by_policy_and_outcome() {
 
 #[cfg(feature = "redis")]
 mod redis_backend;
+
+fn no_peer(path: &str) -> Request<Full<Bytes>> {
+    Request::builder().uri(path).body(Full::default()).unwrap()
+}
+
+/// Without a peer address, the default is a loud 500 naming the fix, never a silent
+/// shared bucket that one client can exhaust for everyone.
+#[tokio::test]
+async fn missing_peer_is_rejected_by_default_with_the_fix_named() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("api", Quota::per_minute(2)))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    let res = send(&mut svc, no_peer("/x")).await;
+    assert_eq!(res.status(), 500);
+    assert!(!res.headers().contains_key("retry-after"));
+    assert_eq!(
+        res.extensions().get::<Rejection>().unwrap().kind(),
+        RejectionKind::MissingPeer
+    );
+    let body = json(res).await;
+    assert_eq!(body["error"], "Client address unknown");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("into_make_service_with_connect_info"),
+        "{body}"
+    );
+    // A request with a peer is limited as usual.
+    assert_eq!(status(&mut svc, get("/x", PEER)).await, 200);
+}
+
+#[tokio::test]
+async fn missing_peer_shared_and_skip_are_explicit_choices() {
+    let shared = RateLimitLayer::builder()
+        .policy(Policy::new("api", Quota::per_minute(2)))
+        .missing_peer(MissingPeer::Shared)
+        .build()
+        .unwrap();
+    let mut svc = service(&shared);
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 200);
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 200);
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 429);
+    let skip = RateLimitLayer::builder()
+        .policy(Policy::new("api", Quota::per_minute(2)))
+        .policy(Policy::new("all", Quota::per_minute(3)).key(Key::Global))
+        .missing_peer(MissingPeer::Skip)
+        .build()
+        .unwrap();
+    let mut svc = service(&skip);
+    // The per-IP policy skips; the global one still counts.
+    for _ in 0..3 {
+        assert_eq!(status(&mut svc, no_peer("/x")).await, 200);
+    }
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 429);
+    let from_file: RateLimitConfig = serde_json::from_value(serde_json::json!({
+        "missing_peer": "shared",
+        "policy": [{"name": "api", "rate": "1/minute"}]
+    }))
+    .unwrap();
+    let mut svc = service(&from_file.builder().unwrap().build().unwrap());
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 200);
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 429);
+}
+
+#[tokio::test]
+async fn missing_peer_with_headers_on_is_rejected_too() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("api", Quota::per_minute(2)))
+        .headers(HeaderStyle::Both)
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, no_peer("/x")).await, 500);
+}
+
+#[tokio::test]
+async fn allowlisted_clients_are_not_limited() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("api", Quota::per_minute(1)))
+        .policy(Policy::new("login", Quota::per_minute(1)).path("/login"))
+        .allow(["192.0.2.0/24"])
+        .allow_for("login", ["198.51.100.7"])
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    for _ in 0..5 {
+        assert_eq!(status(&mut svc, get("/x", "192.0.2.9:1")).await, 200);
+        assert_eq!(status(&mut svc, get("/login", "192.0.2.9:1")).await, 200);
+    }
+    // Exempt from `login` only: `api` still applies to it.
+    assert_eq!(status(&mut svc, get("/login", "198.51.100.7:1")).await, 200);
+    assert_eq!(status(&mut svc, get("/login", "198.51.100.7:1")).await, 429);
+    assert_eq!(status(&mut svc, get("/x", PEER)).await, 200);
+    assert_eq!(status(&mut svc, get("/x", PEER)).await, 429);
+    for (bad, want) in [
+        (RateLimitLayer::builder().allow([" "]), "empty entry"),
+        (
+            RateLimitLayer::builder().allow(["10.0.0.0/33"]),
+            "`10.0.0.0/33`",
+        ),
+        (
+            RateLimitLayer::builder()
+                .policy(Policy::new("api", Quota::per_minute(1)))
+                .allow_for("nope", ["10.0.0.1"]),
+            "`nope`",
+        ),
+    ] {
+        let err = bad.build().unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+/// A user named `anonymous` and a header value `anonymous` never share the bucket of
+/// requests without a key value.
+#[tokio::test]
+async fn anonymous_is_a_subject_of_its_own() {
+    let layer = RateLimitLayer::builder()
+        .policy(
+            Policy::new("api", Quota::per_minute(1))
+                .key(Key::User)
+                .anonymous(Anonymous::Shared),
+        )
+        .policy(
+            Policy::new("keys", Quota::per_minute(1))
+                .path("/k")
+                .key(Key::header("x-api-key").unwrap())
+                .anonymous(Anonymous::Shared),
+        )
+        .identity(IdentityReader::new().user::<User>())
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    assert_eq!(status(&mut svc, get("/x", PEER)).await, 200);
+    assert_eq!(status(&mut svc, get("/x", PEER)).await, 429);
+    let mut named = get("/x", PEER);
+    named.extensions_mut().insert(User("anonymous"));
+    assert_eq!(
+        status(&mut svc, named).await,
+        200,
+        "user `anonymous` has its own bucket"
+    );
+    let mut keyed = get("/k", PEER);
+    keyed.extensions_mut().insert(User("k"));
+    assert_eq!(status(&mut svc, keyed).await, 200);
+    let mut anon_key = get("/k", PEER);
+    anon_key.extensions_mut().insert(User("k2"));
+    anon_key
+        .headers_mut()
+        .insert("x-api-key", "anonymous".parse().unwrap());
+    assert_eq!(
+        status(&mut svc, anon_key).await,
+        200,
+        "header value `anonymous` too"
+    );
+}

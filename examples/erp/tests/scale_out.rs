@@ -877,7 +877,9 @@ async fn scale_out_redis_loss_under_load_failure_modes_recovery_and_no_data_loss
                 continue;
             }
             // Recovered when a limited call neither fails nor counts a backend error.
-            let before = fleet.metric(i, "rate_limit_backend_errors_total").await;
+            let before = fleet
+                .metric(i, "rampart_rate_limit_backend_errors_total")
+                .await;
             let r = fleet
                 .http
                 .send(
@@ -889,7 +891,9 @@ async fn scale_out_redis_loss_under_load_failure_modes_recovery_and_no_data_loss
                 )
                 .await
                 .unwrap();
-            let after = fleet.metric(i, "rate_limit_backend_errors_total").await;
+            let after = fleet
+                .metric(i, "rampart_rate_limit_backend_errors_total")
+                .await;
             if r.status == 200 && after == before {
                 *slot = Some(restarted.elapsed());
             }

@@ -594,6 +594,7 @@ fn decision_key(keys: &KeyBuilder, policy: &Compiled, subject: &Subject) -> Stri
                 push_escaped(key, text);
             }
             Subject::Global => key.push_str("global:"),
+            Subject::Anonymous => key.push_str("anonymous:"),
             Subject::Unknown => key.push_str("unknown:"),
         }
     })
@@ -644,11 +645,11 @@ pub(crate) fn key_slot(key: &str) -> u16 {
     crc & 0x3fff
 }
 
-/// `rate_limit_backend_seconds{backend="redis"}`, with a key built at compile time.
+/// `rampart_rate_limit_backend_seconds{backend="redis"}`, with a key built at compile time.
 fn record_latency(elapsed: std::time::Duration) {
     static LABELS: [metrics::Label; 1] = [metrics::Label::from_static_parts("backend", "redis")];
     static KEY: metrics::Key =
-        metrics::Key::from_static_parts("rate_limit_backend_seconds", &LABELS);
+        metrics::Key::from_static_parts("rampart_rate_limit_backend_seconds", &LABELS);
     metrics::with_recorder(|r| r.register_histogram(&KEY, &METRIC_METADATA))
         .record(elapsed.as_secs_f64());
 }
