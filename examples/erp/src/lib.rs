@@ -35,7 +35,7 @@ use tower_http::{
 };
 use tower_rampart::{
     cache::{CacheOptions, LoadError, ResponseCacheLayer, Ttl},
-    client_ip::ClientIpResolver,
+    client_ip::{ClientIp, ClientIpLayer, ClientIpResolver},
     csp::{Csp, Directive, ReportReceiver, Source},
     error::ConfigError,
     identity::IdentityReader,
@@ -302,6 +302,7 @@ impl Stack {
 ///
 /// From the outside in, a request meets:
 ///
+/// 0. the client address, resolved once behind the trusted proxies;
 /// 1. request id (set and propagated), 2. trace span, panic → JSON 500, metrics,
 ///    `API-Version`;
 /// 3. security headers + CSP nonce;
@@ -427,8 +428,10 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    let client = resolver
-                        .resolve(req)
+                    // Resolved once by the outermost `ClientIpLayer` (0.).
+                    let client = req
+                        .extensions()
+                        .get::<ClientIp>()
                         .map_or_else(String::new, |c| c.addr().to_string());
                     tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id, client_ip = %client)
                 }))
@@ -442,7 +445,10 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
                 .layer(middleware::from_fn(api_version)),
         );
     }
-    router
+    // 0. The client address, resolved once (forwarding headers believed from
+    //    RAMPART_TRUSTED_PROXIES only) and stored for every layer below: the trace span,
+    //    the security headers, the rate limiter and the handlers see one answer.
+    router.layer(ClientIpLayer::new(resolver))
 }
 
 /// The shipped configuration file; its `[rate_limit]` table holds the origin ERP's

@@ -71,7 +71,19 @@ impl TestApp {
         self.router = app(self.state.clone());
     }
 
-    pub async fn send(&self, req: Request<Body>) -> Res {
+    pub async fn send(&self, mut req: Request<Body>) -> Res {
+        // As served by `main.rs` (`into_make_service_with_connect_info`): every request
+        // has a peer address; tests that care set their own.
+        if req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .is_none()
+        {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+                    ([192, 0, 2, 200], 1).into(),
+                ));
+        }
         let res = self.router.clone().oneshot(req).await.expect("infallible");
         let status = res.status();
         let headers = res.headers().clone();
