@@ -310,6 +310,15 @@ impl RateLimitBuilder {
         };
         #[cfg(not(feature = "redis"))]
         let backend = Backend::Memory(self.memory.build());
+        match &backend {
+            Backend::Memory(m) => m.set_windows(policies.iter().map(|p| &*p.windows)),
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => {
+                if let Some(m) = &r.fallback {
+                    m.set_windows(policies.iter().map(|p| &*p.fallback));
+                }
+            }
+        }
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 policies,
@@ -369,7 +378,7 @@ fn count(key: &metrics::Key) {
 }
 
 impl Limiter {
-    fn memory(&self) -> Option<&MemoryStore> {
+    pub(crate) fn memory(&self) -> Option<&MemoryStore> {
         match &self.backend {
             Backend::Memory(m) => Some(m),
             #[cfg(feature = "redis")]

@@ -751,3 +751,41 @@ async fn anonymous_is_a_subject_of_its_own() {
         "header value `anonymous` too"
     );
 }
+
+/// The issue's eviction attack: a flood of fresh keys of a long-window policy must not
+/// push out an exhausted short-window key (which would give back its attempts).
+#[tokio::test(start_paused = true)]
+async fn a_flood_on_one_policy_never_resets_another_policys_exhausted_key() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("login", Quota::per_minute(5)).path("/login"))
+        .policy(
+            Policy::new("keys", Quota::per_day(1000))
+                .path("/api/*")
+                .key(Key::header("x-api-key").unwrap()),
+        )
+        .memory(MemoryBackend::new().max_keys(1000))
+        .build()
+        .unwrap();
+    let mut svc = service(&layer);
+    for _ in 0..5 {
+        assert_eq!(status(&mut svc, get("/login", PEER)).await, 200);
+    }
+    assert_eq!(status(&mut svc, get("/login", PEER)).await, 429);
+    for i in 0..20_000 {
+        let mut r = get("/api/x", "198.51.100.1:1");
+        r.headers_mut()
+            .insert("x-api-key", format!("k{i}").parse().unwrap());
+        assert_eq!(status(&mut svc, r).await, 200);
+    }
+    assert!(
+        layer.limiter.memory().unwrap().len() <= 1000,
+        "memory stays bounded"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            status(&mut svc, get("/login", PEER)).await,
+            429,
+            "the exhausted login key survived the flood"
+        );
+    }
+}

@@ -38,7 +38,10 @@ fn login(headers: &[(&str, String)]) -> Request<Body> {
     req
 }
 
-async fn first_429(t: &TestApp, attempt: impl Fn(u32) -> Vec<(&'static str, String)>) -> Option<u32> {
+async fn first_429(
+    t: &TestApp,
+    attempt: impl Fn(u32) -> Vec<(&'static str, String)>,
+) -> Option<u32> {
     for n in 1..=8 {
         let res = t.send(login(&attempt(n))).await;
         if res.status == 429 {

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
 };
 
 use super::super::{
@@ -20,7 +20,9 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// `max_keys / shards` entries each, so the map never holds more than `max_keys` keys.
 /// When a shard is full, keys whose every window has fully recovered (idle keys, whose
 /// state equals "never seen") are dropped first, which loses nothing; only when more keys
-/// than the cap are active at once are the ones closest to idle forgotten.
+/// than the cap are active at once are the ones closest to idle forgotten, measured
+/// **relative to each key's own window** (the used share of its burst): a flood of fresh
+/// keys of a `per_day(1000)` policy never pushes out an exhausted `per_minute(5)` key.
 ///
 /// # Example
 ///
@@ -123,6 +125,9 @@ pub(crate) struct MemoryStore {
     /// than `per_shard` keys.
     hasher: foldhash::fast::RandomState,
     clock: Clock,
+    /// Per policy index, each window's full span (burst × interval, µs): what eviction
+    /// measures a key's use against. Set once when the limiter is built.
+    spans: OnceLock<Box<[[u64; MAX_WINDOWS]]>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -155,7 +160,23 @@ impl MemoryStore {
             per_shard,
             hasher: foldhash::fast::RandomState::default(),
             clock,
+            spans: OnceLock::new(),
         }
+    }
+
+    /// Tells the store each policy's windows (by policy index), so that eviction
+    /// compares keys of different policies by the share of their burst in use.
+    pub(crate) fn set_windows<'w>(&self, policies: impl Iterator<Item = &'w [Window]>) {
+        let spans: Box<[_]> = policies
+            .map(|windows| {
+                let mut span = [0u64; MAX_WINDOWS];
+                for (s, w) in span.iter_mut().zip(windows) {
+                    *s = w.interval.saturating_mul(w.burst).max(1);
+                }
+                span
+            })
+            .collect();
+        let _ = self.spans.set(spans);
     }
 
     /// Decides one request for `(policy, subject)`; the windows' states are computed only
@@ -235,7 +256,12 @@ impl MemoryStore {
         let (answer, allowed) = decide(&mut tats[..windows]);
         if allowed {
             if map.len() >= self.per_shard {
-                evict(&mut map, now, self.per_shard);
+                evict(
+                    &mut map,
+                    now,
+                    self.per_shard,
+                    self.spans.get().map(|s| &**s),
+                );
             }
             map.insert(key, tats);
         }
@@ -303,22 +329,37 @@ pub(crate) fn total_len<K, V, S>(shards: &[Mutex<HashMap<K, V, S>>]) -> usize {
 }
 
 /// Makes room in a full shard: drop idle keys (lossless); if none, drop the eighth of
-/// keys closest to idle (smallest latest TAT), so the cost is amortised O(1).
-fn evict(map: &mut Shard, now: u64, cap: usize) {
+/// keys closest to idle, so the cost is amortised O(1). "Closest to idle" is relative to
+/// each key's own windows (`spans`, by policy index): the largest share of a window's
+/// burst still in use. Without spans (a store used alone), absolute time decides.
+fn evict(map: &mut Shard, now: u64, cap: usize, spans: Option<&[[u64; MAX_WINDOWS]]>) {
     map.retain(|_, t| t.iter().any(|tat| *tat > now));
     if map.len() < cap {
         return;
     }
     let drop = (cap / 8).max(1);
-    let mut latest: Vec<u64> = map
-        .values()
-        .map(|t| t.iter().copied().max().unwrap_or(0))
-        .collect();
-    let (_, nth, _) = latest.select_nth_unstable(drop - 1);
+    let in_use = |key: &MemKey, tats: &[u64; MAX_WINDOWS]| -> f64 {
+        let span = spans.and_then(|s| s.get(key.policy));
+        tats.iter()
+            .enumerate()
+            .map(|(i, tat)| {
+                #[allow(clippy::cast_precision_loss)] // a ranking, not an amount
+                let used = tat.saturating_sub(now) as f64;
+                match span {
+                    #[allow(clippy::cast_precision_loss)]
+                    Some(span) if span[i] > 0 => used / span[i] as f64,
+                    Some(_) => 0.0,
+                    None => used,
+                }
+            })
+            .fold(0.0, f64::max)
+    };
+    let mut scores: Vec<f64> = map.iter().map(|(k, t)| in_use(k, t)).collect();
+    let (_, nth, _) = scores.select_nth_unstable_by(drop - 1, f64::total_cmp);
     let threshold = *nth;
     let mut dropped = 0;
-    map.retain(|_, t| {
-        if dropped < drop && t.iter().copied().max().unwrap_or(0) <= threshold {
+    map.retain(|k, t| {
+        if dropped < drop && in_use(k, t) <= threshold {
             dropped += 1;
             false
         } else {
