@@ -6,7 +6,10 @@
 //! older than the lease TTL. The reservation is taken from the shared quota **before**
 //! any of it is served, so leasing never admits more than the quota (no over-admission);
 //! what it can do is admit *less*: units leased by one instance and not used before the
-//! lease expires are lost to the others until the quota refills. When a whole batch does
+//! lease expires are lost to the others until the quota refills. A reserved unit is
+//! served only while the shared bucket still holds it (it leaks out at the window's rate,
+//! refilling the bucket for the others): no window admits more across instances than
+//! Redis alone would admit in it. When a whole batch does
 //! not fit any more, the key is decided one request at a time (plain mode) for one lease
 //! TTL, so the last units of a quota are exact; and once Redis has refused a key with a
 //! retry delay, the instance refuses that key locally until the delay is over (nobody can
@@ -22,7 +25,10 @@ use std::{
 };
 
 use super::memory::{IdHasher, room_for, shard_index};
-use crate::rate_limit::{gcra::Outcome, policy::Subject};
+use crate::rate_limit::{
+    gcra::{Outcome, Window},
+    policy::Subject,
+};
 
 /// How leasing is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +69,8 @@ struct Lease {
     units: u64,
     /// Clock microseconds after which the lease is dropped.
     expires: u64,
+    /// Clock microseconds when the reservation was taken.
+    taken: u64,
     /// The decision that took the lease (its headers, adjusted as units are used); a
     /// refusal when `base.allowed` is false (refused locally until `expires`).
     base: Outcome,
@@ -133,7 +141,15 @@ impl Leases {
     }
 
     /// Serves a request of `cost` on `key` from a live reservation, if any.
-    pub(crate) fn take(&self, key: &LeaseKey<'_>, cost: u64, now: u64) -> Take {
+    ///
+    /// A reserved unit is served only while it is still in the shared bucket: the
+    /// bucket leaks (refills for the other instances) from the bottom, one unit per
+    /// `interval` of each of the policy's `windows`, and a reservation sits on its top
+    /// (`base`'s `reset`: the bucket's fill when it was taken). Units that have leaked
+    /// out are dropped instead of served, so every admission, leased or not, is a unit
+    /// Redis counts as in use at that moment: leasing never admits more in any window
+    /// than Redis alone would.
+    pub(crate) fn take(&self, key: &LeaseKey<'_>, cost: u64, now: u64, windows: &[Window]) -> Take {
         let mut map = self.shard(key);
         let Some(lease) = map.get_mut(&key.hash) else {
             return Take::Lease;
@@ -154,6 +170,8 @@ impl Leases {
         if lease.plain {
             return Take::Plain;
         }
+        // Unspent units are the reservation's top ones; those that leaked are gone.
+        lease.units = lease.units.min(still_held(lease, now, windows));
         if lease.units < cost {
             map.remove(&key.hash);
             return Take::Lease;
@@ -218,6 +236,7 @@ impl Leases {
                 subject: key.subject.clone(),
                 units,
                 expires: now.saturating_add(ttl),
+                taken: now,
                 base,
                 plain,
             },
@@ -235,6 +254,20 @@ impl Leases {
     }
 }
 
+/// How many units of `lease`'s reservation are still in the shared bucket at `now`: in
+/// each window, the part of the bucket above what has leaked since it was taken.
+fn still_held(lease: &Lease, now: u64, windows: &[Window]) -> u64 {
+    let leaked = now.saturating_sub(lease.taken);
+    lease
+        .base
+        .windows()
+        .iter()
+        .zip(windows)
+        .map(|(state, w)| state.reset.saturating_sub(leaked) / w.interval.max(1))
+        .min()
+        .unwrap_or(0)
+}
+
 /// `base` with the reservation's unused `units` (requests of `cost`) counted as still
 /// available to this instance.
 fn with_reserved(mut base: Outcome, units: u64, cost: u64) -> Outcome {
@@ -250,6 +283,13 @@ mod tests {
     use super::*;
     use crate::rate_limit::gcra::WindowState;
 
+    /// A window of 1 µs intervals: with `reset` below, reservations do not leak within
+    /// these tests' times unless a test says so.
+    const W: [Window; 1] = [Window {
+        interval: 1,
+        burst: 1_000_000,
+    }];
+
     fn outcome(remaining: u64) -> Outcome {
         let mut o = Outcome {
             allowed: true,
@@ -258,7 +298,45 @@ mod tests {
             len: 1,
         };
         o.windows[0].remaining = remaining;
+        o.windows[0].reset = 1_000_000;
         o
+    }
+
+    /// Units that have leaked out of the shared bucket are not served: a batch of 5 on
+    /// a 10-per-second window, taken on an empty bucket (fill 500 ms; 4 units kept),
+    /// holds units while the leak line (one per 100 ms from the bottom) is below them.
+    #[test]
+    fn reserved_units_leak_with_the_bucket() {
+        let leases = Leases::new(
+            LeaseConfig {
+                batch: 5,
+                ttl: Duration::from_secs(10),
+            },
+            8,
+        );
+        let w = [Window {
+            interval: 100_000,
+            burst: 10,
+        }];
+        let subject = Subject::Text("a".into());
+        let a = leases.key(0, &subject);
+        let mut base = outcome(5);
+        base.windows[0].reset = 500_000;
+        leases.store(&a, 4, 1, 0, base);
+        assert!(matches!(leases.take(&a, 1, 50_000, &w), Take::Served(_)));
+        // At 300 ms the bucket still holds 2 units of it (the top ones): both usable.
+        assert!(matches!(leases.take(&a, 1, 300_000, &w), Take::Served(_)));
+        assert!(matches!(leases.take(&a, 1, 320_000, &w), Take::Served(_)));
+        leases.store(&a, 4, 1, 0, base);
+        assert!(
+            matches!(leases.take(&a, 1, 420_000, &w), Take::Lease),
+            "3 of 4 units leaked, the 4th is partly out: not served"
+        );
+        leases.store(&a, 4, 1, 1_000_000, base);
+        assert!(
+            matches!(leases.take(&a, 1, 1_500_000, &w), Take::Lease),
+            "all leaked after the fill time"
+        );
     }
 
     #[test]
@@ -276,32 +354,32 @@ mod tests {
             .map(|s| Subject::Text(s.into()))
             .collect();
         let [a, b, r, c, d, e] = [0, 1, 2, 3, 4, 5].map(|i| leases.key(0, &subjects[i]));
-        assert!(matches!(leases.take(&a, 1, 0), Take::Lease));
+        assert!(matches!(leases.take(&a, 1, 0, &W), Take::Lease));
         leases.store(&a, 3, 1, 0, outcome(10));
         for left in [2, 1, 0] {
-            match leases.take(&a, 1, 1) {
+            match leases.take(&a, 1, 1, &W) {
                 Take::Served(o) => assert_eq!(o.windows()[0].remaining, 10 + left),
                 other => panic!("{other:?}"),
             }
         }
-        assert!(matches!(leases.take(&a, 1, 1), Take::Lease), "used up");
+        assert!(matches!(leases.take(&a, 1, 1, &W), Take::Lease), "used up");
         leases.store(&a, 3, 1, 0, outcome(10));
         assert!(
-            matches!(leases.take(&a, 1, 10_000), Take::Lease),
+            matches!(leases.take(&a, 1, 10_000, &W), Take::Lease),
             "expired after the TTL"
         );
         leases.plain(&b, 0, outcome(0));
-        assert!(matches!(leases.take(&b, 1, 5), Take::Plain));
+        assert!(matches!(leases.take(&b, 1, 5, &W), Take::Plain));
         let mut refused = outcome(0);
         refused.allowed = false;
         refused.retry_after = 3_000;
         leases.plain(&r, 0, refused);
-        match leases.take(&r, 1, 1_000) {
+        match leases.take(&r, 1, 1_000, &W) {
             Take::Served(o) => assert!(!o.allowed && o.retry_after == 2_000, "{o:?}"),
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(leases.take(&r, 1, 3_000), Take::Lease),
+            matches!(leases.take(&r, 1, 3_000, &W), Take::Lease),
             "delay over"
         );
         leases.remove_for_test(&r);
@@ -310,7 +388,7 @@ mod tests {
         assert!(leases.len() <= 2, "bounded");
         leases.store(&e, 3, 1, 20_000, outcome(1));
         assert!(
-            matches!(leases.take(&e, 1, 20_001), Take::Served(_)),
+            matches!(leases.take(&e, 1, 20_001, &W), Take::Served(_)),
             "expired ones make room"
         );
     }
@@ -327,15 +405,15 @@ mod tests {
         let (alice, bob) = (Subject::Text("alice".into()), Subject::Text("bob".into()));
         leases.store(&leases.key(0, &alice), 3, 1, 0, outcome(5));
         assert!(matches!(
-            leases.take(&leases.key(0, &alice), 1, 1),
+            leases.take(&leases.key(0, &alice), 1, 1, &W),
             Take::Served(_)
         ));
         assert!(matches!(
-            leases.take(&leases.key(1, &alice), 1, 1),
+            leases.take(&leases.key(1, &alice), 1, 1, &W),
             Take::Lease
         ));
         assert!(matches!(
-            leases.take(&leases.key(0, &bob), 1, 1),
+            leases.take(&leases.key(0, &bob), 1, 1, &W),
             Take::Lease
         ));
         // A forged collision: bob's lookup with alice's hash is still not alice's lease.
@@ -343,9 +421,9 @@ mod tests {
             subject: &bob,
             ..leases.key(0, &alice)
         };
-        assert!(matches!(leases.take(&forged, 1, 1), Take::Lease));
+        assert!(matches!(leases.take(&forged, 1, 1, &W), Take::Lease));
         assert!(matches!(
-            leases.take(&leases.key(0, &alice), 1, 1),
+            leases.take(&leases.key(0, &alice), 1, 1, &W),
             Take::Served(_)
         ));
     }

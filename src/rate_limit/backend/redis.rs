@@ -286,8 +286,11 @@ impl RedisBackend {
     /// `batch` decisions of a busy key.
     ///
     /// The reservation is taken from the shared quota before it is served, so leasing
-    /// never admits more than the quota; units an instance reserved but did not use
-    /// within `ttl` are lost to the others until the quota refills (under-admission, at
+    /// never admits more than the quota; and a reserved unit is served only while the
+    /// shared bucket still holds it (the bucket refills for the other instances at the
+    /// window's rate, and the reservation's units leak out with it), so no window, however
+    /// short, admits more across instances than Redis alone would (the burst). Units an
+    /// instance reserved but did not use in time are lost to the others until the quota refills (under-admission, at
     /// most `batch - 1` per instance and key per `ttl`). When a whole batch no longer
     /// fits, the key is decided one request at a time for `ttl`, so the end of a quota is
     /// exact. Suits high-volume keys with quotas much larger than `batch × instances`;
@@ -403,7 +406,7 @@ impl RedisStore {
         let lease = match &self.leases {
             Some(leases) => {
                 let key = leases.key(policy.index, subject);
-                match leases.take(&key, policy.cost, now) {
+                match leases.take(&key, policy.cost, now, &policy.windows) {
                     Take::Served(outcome) => return Ok(outcome),
                     first => Some((leases, key, first)),
                 }
@@ -482,7 +485,7 @@ impl RedisStore {
         // One round trip per key at a time: the others wait, then use its answer.
         let flight = leases.flight(key).await;
         let now = self.backend.clock.now_us();
-        match leases.take(key, policy.cost, now) {
+        match leases.take(key, policy.cost, now, &policy.windows) {
             Take::Served(outcome) => return Ok(outcome),
             Take::Plain => {
                 drop(flight);

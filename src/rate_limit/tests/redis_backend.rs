@@ -672,3 +672,39 @@ async fn a_timeout_longer_than_the_retry_interval_still_marks_redis_down() {
     );
     sleeper.await.unwrap();
 }
+
+/// The leasing attack: instance A reserves a batch, the shared bucket refills
+/// for instance B, then both spend at once. Reserved units that have leaked out of the
+/// bucket must not be served: no short window admits more than the burst (was 17 of a
+/// burst of 10 within a few milliseconds).
+#[tokio::test]
+async fn leasing_keeps_the_burst_when_the_bucket_refills() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let layer = || async {
+        one_policy(Quota::per_second(10))
+            .redis(backend(&url).await.lease(10, Duration::from_millis(900)))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (layer().await, layer().await);
+    let (mut a, mut b) = (service(&a), service(&b));
+    // A reserves 10 units (serving 1) on a full bucket.
+    assert_eq!(status(&mut a, get("/", PEER)).await, 200);
+    // Real time: Redis' own clock refills the bucket (7 units in 700 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let start = Instant::now();
+    let mut admitted = 0;
+    for _ in 0..10 {
+        admitted += u32::from(status(&mut b, get("/", PEER)).await == 200);
+        admitted += u32::from(status(&mut a, get("/", PEER)).await == 200);
+    }
+    let took = start.elapsed();
+    println!("leasing burst: {admitted} admitted in {took:?} (burst 10)");
+    // Within a window shorter than one interval, Redis alone admits at most the burst
+    // (plus the unit that refills if the window straddles an interval boundary).
+    if took < Duration::from_millis(90) {
+        assert!(admitted <= 11, "{admitted} admitted in {took:?}");
+    }
+    assert!(admitted >= 7, "the refilled units are usable: {admitted}");
+}
