@@ -149,6 +149,8 @@ pub enum KeyConfig {
     Global,
     /// A request header.
     Header(String),
+    /// Only direct decisions (`RateLimitLayer::check`); applies to no request.
+    Direct,
 }
 
 impl RateLimitConfig {
@@ -197,6 +199,7 @@ impl PolicyConfig {
                 KeyConfig::Tenant => Key::Tenant,
                 KeyConfig::Global => Key::Global,
                 KeyConfig::Header(h) => Key::header(h)?,
+                KeyConfig::Direct => Key::Direct,
             })
             .cost(self.cost)
             .shadow(self.shadow)

@@ -8,10 +8,12 @@ use tower_layer::Layer;
 #[cfg(feature = "redis")]
 use super::backend::redis::{BackendError, FailureMode, RedisBackend, RedisStore};
 use super::{
-    backend::memory::{MemoryBackend, MemoryStore},
+    backend::{
+        Mode,
+        memory::{MemoryBackend, MemoryStore},
+    },
     pattern::PathPattern,
-    policy::{Compiled, Policy, RequestInfo},
-    policy::{MissingPeer, Subject},
+    policy::{Compiled, MissingPeer, Policy, RequestInfo, Subject},
     response::{
         Checked, Checks, DefaultRejection, HeaderStyle, OnRejection, Rejection, RejectionKind,
         Rendered, render,
@@ -69,6 +71,121 @@ impl RateLimitLayer {
         self.limiter.memory().map_or(0, MemoryStore::len)
     }
 
+    /// Decides `cost` units for `key` under the policy named `policy`, from inside a
+    /// handler: the same backend, failure mode, metrics and rejection response as the
+    /// layer's own decisions. For what the request alone cannot say, such as failed
+    /// sign-ins per account (keyed by tenant and user name from a form body).
+    ///
+    /// The key is counted in the policy's own namespace (a `Key::User` policy checked
+    /// with `"alice"` shares alice's bucket); give the policy [`Key::Direct`] to use it
+    /// only here.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownPolicy`] when no policy has that name (a programming error).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Key, Policy, Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let limiter = RateLimitLayer::builder()
+    ///     .policy(Policy::new("account-failures", Quota::per_minute(2)).key(Key::Direct))
+    ///     .build()
+    ///     .unwrap();
+    /// // After each failed sign-in of acme/alice:
+    /// assert!(limiter.check("account-failures", "acme/alice", 1).await.unwrap().is_allowed());
+    /// assert!(limiter.check("account-failures", "acme/alice", 1).await.unwrap().is_allowed());
+    /// let third = limiter.check("account-failures", "acme/alice", 1).await.unwrap();
+    /// assert!(!third.is_allowed());
+    /// assert_eq!(third.into_response().unwrap().status(), 429);
+    /// // Before checking a password: would one more attempt fit? (consumes nothing)
+    /// assert!(!limiter.peek("account-failures", "acme/alice", 1).await.unwrap().is_allowed());
+    /// # }
+    /// ```
+    pub async fn check(
+        &self,
+        policy: &str,
+        key: &str,
+        cost: u32,
+    ) -> Result<Decision, UnknownPolicy> {
+        self.direct(policy, key, cost, Mode::Decide).await
+    }
+
+    /// Whether [`check`](Self::check) would allow `cost` units now, consuming nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownPolicy`] when no policy has that name.
+    pub async fn peek(
+        &self,
+        policy: &str,
+        key: &str,
+        cost: u32,
+    ) -> Result<Decision, UnknownPolicy> {
+        self.direct(policy, key, cost, Mode::Peek).await
+    }
+
+    /// Consumes `cost` units for `key` whether they fit or not (the bucket's fill
+    /// capped at full): an outcome that already happened, such as a failed sign-in.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownPolicy`] when no policy has that name.
+    pub async fn record(
+        &self,
+        policy: &str,
+        key: &str,
+        cost: u32,
+    ) -> Result<Decision, UnknownPolicy> {
+        self.direct(policy, key, cost, Mode::Force).await
+    }
+
+    async fn direct(
+        &self,
+        policy: &str,
+        key: &str,
+        cost: u32,
+        mode: Mode,
+    ) -> Result<Decision, UnknownPolicy> {
+        let limiter = &self.limiter;
+        let policy = limiter
+            .policies
+            .iter()
+            .find(|p| &*p.name == policy)
+            .ok_or_else(|| UnknownPolicy(policy.to_owned()))?;
+        let subject = Subject::Text(
+            crate::key::cap_len(key.to_owned(), super::policy::MAX_SUBJECT_LEN).into(),
+        );
+        let cost = u64::from(cost.max(1));
+        let outcome = limiter.direct_outcome(policy, subject, cost, mode).await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(rejection) => {
+                return Ok(Decision {
+                    allowed: false,
+                    retry_after: rejection.retry_after(),
+                    response: Some(limiter.reject(rejection, &Checks::default())),
+                });
+            }
+        };
+        if mode == Mode::Peek {
+            return Ok(Decision {
+                allowed: outcome.allowed,
+                retry_after: Duration::from_micros(outcome.retry_after),
+                response: None,
+            });
+        }
+        let mut checked = Checks::new(limiter.headers.any());
+        let rejection = Limiter::record(policy, outcome, || false, &mut checked);
+        Ok(Decision {
+            allowed: rejection.is_none() && (outcome.allowed || mode != Mode::Force),
+            retry_after: Duration::from_micros(outcome.retry_after),
+            response: rejection.map(|r| limiter.reject(r, &checked)),
+        })
+    }
+
     /// Drops the in-memory keys whose windows have all fully recovered. This loses no
     /// information (an idle key behaves exactly like a new one); full shards do it on
     /// their own, so calling it is only useful to give memory back early.
@@ -86,6 +203,50 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit::new(inner, self.limiter.clone())
     }
 }
+
+/// The answer of a direct decision ([`RateLimitLayer::check`], `peek`, `record`).
+#[derive(Debug)]
+pub struct Decision {
+    allowed: bool,
+    retry_after: Duration,
+    response: Option<http::Response<bytes::Bytes>>,
+}
+
+impl Decision {
+    /// Whether the units fit (for `record`: whether they fitted before being counted).
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// How long until the units would fit (zero when they do).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The limiter's rejection response (429 with `Retry-After` and the rate-limit
+    /// headers, or the failure mode's 503) when the decision refused; `None` when it
+    /// allowed, and for `peek`.
+    pub fn into_response(self) -> Option<http::Response<bytes::Bytes>> {
+        self.response
+    }
+}
+
+/// A direct decision named a policy the limiter does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPolicy(String);
+
+impl fmt::Display for UnknownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no rate-limit policy is named `{}`: add it to the builder (with Key::Direct if it \
+             is only for direct decisions)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownPolicy {}
 
 /// Builds a [`RateLimitLayer`].
 ///
@@ -530,6 +691,47 @@ impl Limiter {
             grpc,
         );
         Plan::Reject(Box::new(self.reject(r, &Checks::default())))
+    }
+
+    /// The outcome of a direct decision, the backend's failure mode applied; `Err` with
+    /// the rejection when the failure mode refuses.
+    async fn direct_outcome(
+        &self,
+        policy: &Compiled,
+        subject: Subject,
+        cost: u64,
+        mode: Mode,
+    ) -> Result<super::gcra::Outcome, Rejection> {
+        match &self.backend {
+            Backend::Memory(store) => {
+                Ok(store.check_mode(policy.index, subject, &policy.windows, cost, mode))
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(store) => match store.decide_mode(policy, &subject, cost, mode).await {
+                Ok(outcome) => Ok(outcome),
+                Err(err) => {
+                    tracing::warn!(policy = %policy.name, error = %err, "rate limit backend failed: failure mode applies");
+                    metrics::counter!("rampart_rate_limit_backend_errors_total", "policy" => policy.name.clone()).increment(1);
+                    match (store.failure_mode(), &store.fallback) {
+                        (FailureMode::LocalFallback { .. }, Some(m)) => {
+                            Ok(m.check_mode(policy.index, subject, &policy.fallback, cost, mode))
+                        }
+                        (FailureMode::Closed, _) => Err(Rejection::new(
+                            RejectionKind::BackendUnavailable,
+                            policy.name.clone(),
+                            Duration::from_secs(1),
+                            false,
+                        )),
+                        _ => Ok(super::gcra::Outcome {
+                            allowed: true,
+                            retry_after: 0,
+                            windows: Default::default(),
+                            len: 0,
+                        }),
+                    }
+                }
+            },
+        }
     }
 
     /// What the policies may key a request on.

@@ -64,7 +64,7 @@ pub use backend::redis::{
 };
 pub use config::{KeyConfig, PolicyConfig, RateLimitConfig, Rates};
 pub use gcra::{Clock, ManualClock};
-pub use layer::{RateLimitBuilder, RateLimitLayer};
+pub use layer::{Decision, RateLimitBuilder, RateLimitLayer, UnknownPolicy};
 pub use pattern::PathPattern;
 pub use policy::{Anonymous, Key, KeyFn, MissingPeer, Policy, RequestInfo};
 pub use quota::Quota;

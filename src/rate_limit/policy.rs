@@ -44,6 +44,9 @@ pub enum Key {
     Global,
     /// A key computed by the application; `None` counts as anonymous.
     Custom(KeyFn),
+    /// Used only by direct decisions ([`RateLimitLayer::check`](super::RateLimitLayer::check)):
+    /// the policy applies to no request by itself.
+    Direct,
 }
 
 impl Key {
@@ -78,6 +81,7 @@ impl Key {
             Self::Header(_) => "header",
             Self::Global => "global",
             Self::Custom(_) => "custom",
+            Self::Direct => "direct",
         }
     }
 }
@@ -91,6 +95,7 @@ impl fmt::Debug for Key {
             Self::Header(h) => f.debug_tuple("Header").field(h).finish(),
             Self::Global => f.write_str("Global"),
             Self::Custom(_) => f.write_str("Custom(..)"),
+            Self::Direct => f.write_str("Direct"),
         }
     }
 }
@@ -476,6 +481,7 @@ impl Compiled {
                 Err(_) => text(&crate::key::digest(v.as_bytes())),
             }),
             Key::Custom(f) => f(info).map(|s| text(&s)),
+            Key::Direct => return None,
         };
         match (found, self.anonymous) {
             (Some(s), _) => Some(s),

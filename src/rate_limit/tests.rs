@@ -789,3 +789,78 @@ async fn a_flood_on_one_policy_never_resets_another_policys_exhausted_key() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn direct_decisions_check_peek_and_record() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("failures", Quota::per_minute(2)).key(Key::Direct))
+        .build()
+        .unwrap();
+    // A direct-only policy limits no request by itself.
+    let mut svc = service(&layer);
+    for _ in 0..5 {
+        assert_eq!(status(&mut svc, get("/x", PEER)).await, 200);
+    }
+    assert!(
+        layer
+            .peek("failures", "acme/alice", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        layer
+            .record("failures", "acme/alice", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        layer
+            .record("failures", "acme/alice", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    // Recorded past the quota: counted anyway (the bucket stays full), never an error.
+    assert!(
+        !layer
+            .record("failures", "acme/alice", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let refused = layer.check("failures", "acme/alice", 1).await.unwrap();
+    assert!(!refused.is_allowed());
+    assert!(refused.retry_after() > Duration::ZERO);
+    let res = refused.into_response().unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(
+        layer
+            .check("failures", "acme/bob", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    // A peek consumes nothing.
+    for _ in 0..5 {
+        assert!(
+            layer
+                .peek("failures", "acme/carol", 1)
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+    }
+    let err = layer.check("nope", "x", 1).await.unwrap_err();
+    assert!(err.to_string().contains("`nope`"));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(
+        layer
+            .check("failures", "acme/alice", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+}

@@ -6,9 +6,12 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
-use super::super::{
-    gcra::{self, Clock, MAX_WINDOWS, Outcome, Window},
-    policy::Subject,
+use super::{
+    super::{
+        gcra::{self, Clock, MAX_WINDOWS, Outcome, Window},
+        policy::Subject,
+    },
+    Mode,
 };
 
 /// Default maximum number of keys kept (about 10 MB).
@@ -208,6 +211,43 @@ impl MemoryStore {
             let outcome = gcra::decide_with(tats, now, windows, cost, states);
             (outcome, outcome.allowed)
         })
+    }
+
+    /// A decision in `mode` (see [`Mode`]); a peek leaves no state, a forced
+    /// consumption is stored even when it does not fit (its bucket then full).
+    pub(crate) fn check_mode(
+        &self,
+        policy: usize,
+        subject: Subject,
+        windows: &[Window],
+        cost: u64,
+        mode: Mode,
+    ) -> Outcome {
+        let now = self.clock.now_us();
+        match mode {
+            Mode::Decide => self.check_at(policy, subject, windows, cost, now, true),
+            Mode::Peek => self.with_tats(policy, subject, now, windows.len(), |tats| {
+                let mut copy = [0u64; MAX_WINDOWS];
+                copy[..tats.len()].copy_from_slice(tats);
+                (
+                    gcra::decide_with(&mut copy[..tats.len()], now, windows, cost, true),
+                    false,
+                )
+            }),
+            Mode::Force => self.with_tats(policy, subject, now, windows.len(), |tats| {
+                let outcome = gcra::decide_with(tats, now, windows, cost, true);
+                if !outcome.allowed {
+                    for (tat, w) in tats.iter_mut().zip(windows) {
+                        let full = w.burst.saturating_mul(w.interval);
+                        *tat = (*tat)
+                            .max(now)
+                            .saturating_add(cost.saturating_mul(w.interval))
+                            .min(now + full);
+                    }
+                }
+                (outcome, true)
+            }),
+        }
     }
 
     /// Decides one request for `(policy, subject)` without computing any state for

@@ -18,6 +18,7 @@ use super::super::{
     layer::METRIC_METADATA,
     policy::{Compiled, Subject},
 };
+use super::Mode;
 use super::lease::{LeaseConfig, LeaseKey, Leases, Take};
 use super::memory::{DEFAULT_MAX_KEYS, MemoryStore};
 use crate::key::{KeyBuilder, push_escaped, push_ip_escaped};
@@ -32,8 +33,10 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// must be loaded ahead (`SCRIPT LOAD`).
 ///
 /// `KEYS` are the windows of one decision (one hash tag, so Cluster routes them to one
-/// slot); `ARGV` = cost, a time override (empty: the server's `TIME`), then
-/// `interval, burst` per window, in microseconds. It decides atomically and stores the
+/// slot); `ARGV` = cost (prefixed with `?` to only ask whether it fits, without
+/// storing anything; with `!` to consume it whether it fits or not, the bucket's fill
+/// capped at full: counting by outcome), a time override (empty: the server's `TIME`),
+/// then `interval, burst` per window, in microseconds. It decides atomically and stores the
 /// new theoretical arrival times (with an expiry when the window has recovered), and
 /// returns `{allowed, now_us, tat_1, …}`: the client derives the rest of the outcome
 /// (remaining, reset, retry-after) with the same GCRA arithmetic as the in-memory
@@ -56,7 +59,13 @@ else
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
 end
-local cost = tonumber(ARGV[1])
+local mode = string.byte(ARGV[1], 1)
+local cost
+if mode == 63 or mode == 33 then
+  cost = tonumber(string.sub(ARGV[1], 2))
+else
+  cost = tonumber(ARGV[1])
+end
 local out = {1, now}
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i])) or 0
@@ -66,11 +75,14 @@ for i = 1, #KEYS do
     out[1] = 0
   end
 end
-if out[1] == 1 then
+if (out[1] == 1 and mode ~= 63) or mode == 33 then
   for i = 1, #KEYS do
     local tat = out[i + 2]
     if tat < now then tat = now end
-    local used = tat - now + cost * tonumber(ARGV[1 + 2 * i])
+    local interval = tonumber(ARGV[1 + 2 * i])
+    local used = tat - now + cost * interval
+    local full = tonumber(ARGV[2 + 2 * i]) * interval
+    if used > full then used = full end
     redis.call('SET', KEYS[i], string.format('%.0f', now + used), 'PX', math.ceil(used / 1000) + 1)
   end
 end
@@ -422,7 +434,10 @@ impl RedisStore {
             return Err(BackendError::Down);
         }
         let result = match lease {
-            None => self.eval_keys(&mut base, policy, policy.cost, None).await,
+            None => {
+                self.eval_keys(&mut base, policy, policy.cost, None, Mode::Decide)
+                    .await
+            }
             Some((leases, key, first)) => {
                 self.leased(leases, &key, first, &mut base, policy, down)
                     .await
@@ -432,6 +447,32 @@ impl RedisStore {
             .as_ref()
             .is_err_and(|e| !matches!(e, BackendError::Down))
         {
+            self.mark_down(down);
+        }
+        result
+    }
+
+    /// A decision outside leasing, in `mode`, for `cost` units: direct decisions
+    /// ([`RateLimitLayer::check`](crate::rate_limit::RateLimitLayer::check)) and
+    /// counting by outcome. Honours the retry-interval mark like [`check`](Self::check).
+    pub(crate) async fn decide_mode(
+        &self,
+        policy: &Compiled,
+        subject: &Subject,
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Outcome, BackendError> {
+        let now = self.backend.clock.now_us();
+        let mut base = self.key_base(policy, subject);
+        let down = match self.down_until.len() {
+            1 => &self.down_until[0],
+            _ => &self.down_until[usize::from(key_slot(&base))],
+        };
+        if down.load(Ordering::Relaxed) > now {
+            return Err(BackendError::Down);
+        }
+        let result = self.eval_keys(&mut base, policy, cost, None, mode).await;
+        if result.is_err() {
             self.mark_down(down);
         }
         result
@@ -461,6 +502,7 @@ impl RedisStore {
             policy,
             policy.cost,
             now_us,
+            Mode::Decide,
         )
         .await
     }
@@ -480,7 +522,9 @@ impl RedisStore {
     ) -> Result<Outcome, BackendError> {
         if let Take::Plain = first {
             // Alone: nothing to share with concurrent requests, so no single-flight.
-            return self.eval_keys(base, policy, policy.cost, None).await;
+            return self
+                .eval_keys(base, policy, policy.cost, None, Mode::Decide)
+                .await;
         }
         // One round trip per key at a time: the others wait, then use its answer.
         let flight = leases.flight(key).await;
@@ -489,7 +533,9 @@ impl RedisStore {
             Take::Served(outcome) => return Ok(outcome),
             Take::Plain => {
                 drop(flight);
-                return self.eval_keys(base, policy, policy.cost, None).await;
+                return self
+                    .eval_keys(base, policy, policy.cost, None, Mode::Decide)
+                    .await;
             }
             Take::Lease => {}
         }
@@ -500,7 +546,9 @@ impl RedisStore {
         if !leases.has_room(key, now) {
             // A reservation that could not be kept would be lost: decide alone.
             drop(flight);
-            return self.eval_keys(base, policy, policy.cost, None).await;
+            return self
+                .eval_keys(base, policy, policy.cost, None, Mode::Decide)
+                .await;
         }
         // A failure is marked before the waiters are let go, so they see it.
         let fail = |e| {
@@ -509,7 +557,7 @@ impl RedisStore {
         };
         let batch = leases.batch_cost(policy.cost);
         let outcome = self
-            .eval_keys(base, policy, batch, None)
+            .eval_keys(base, policy, batch, None, Mode::Decide)
             .await
             .map_err(fail)?;
         if outcome.allowed {
@@ -517,7 +565,7 @@ impl RedisStore {
             return Ok(leases.store(key, extra, policy.cost, now, outcome));
         }
         let single = self
-            .eval_keys(base, policy, policy.cost, None)
+            .eval_keys(base, policy, policy.cost, None, Mode::Decide)
             .await
             .map_err(fail)?;
         leases.plain(key, now, single);
@@ -533,6 +581,7 @@ impl RedisStore {
         policy: &Compiled,
         cost: u64,
         now_us: Option<u64>,
+        mode: Mode,
     ) -> Result<Outcome, BackendError> {
         // `EVALSHA` written directly: one buffer for the arguments (a `ScriptInvocation`
         // allocates one per argument and copies them into a command again).
@@ -545,7 +594,11 @@ impl RedisStore {
             cmd.arg(key.as_str());
             key.pop();
         }
-        cmd.arg(cost);
+        match mode {
+            Mode::Decide => cmd.arg(cost),
+            Mode::Peek => cmd.arg(format!("?{cost}")),
+            Mode::Force => cmd.arg(format!("!{cost}")),
+        };
         match now_us {
             Some(now) => cmd.arg(now),
             None => cmd.arg(""),
