@@ -471,6 +471,7 @@ impl RateLimitBuilder {
         };
         #[cfg(not(feature = "redis"))]
         let backend = Backend::Memory(self.memory.build());
+        let counted = policies.iter().any(|p| p.count_if.is_some());
         match &backend {
             Backend::Memory(m) => m.set_windows(policies.iter().map(|p| &*p.windows)),
             #[cfg(feature = "redis")]
@@ -485,6 +486,7 @@ impl RateLimitBuilder {
                 policies,
                 exempt,
                 missing_peer: self.missing_peer,
+                counted,
                 warned_missing_peer: std::sync::atomic::AtomicBool::new(false),
                 resolver: self.resolver,
                 identity: self.identity,
@@ -508,6 +510,8 @@ pub(crate) struct Limiter {
     pub(crate) policies: Vec<Compiled>,
     exempt: Vec<PathPattern>,
     missing_peer: MissingPeer,
+    /// Whether a policy counts by outcome (no lean path then).
+    counted: bool,
     warned_missing_peer: std::sync::atomic::AtomicBool,
     resolver: ClientIpResolver,
     identity: IdentityReader,
@@ -527,6 +531,8 @@ pub(crate) enum Plan {
     /// Needs Redis: these `(policy, subject)` pairs.
     #[cfg(feature = "redis")]
     Remote(Vec<(usize, Subject)>, bool),
+    /// Decided in memory, with `count_if` policies to settle once the status is known.
+    Counted(Option<Rendered>, Vec<(usize, Subject)>),
 }
 
 pub(crate) static METRIC_METADATA: metrics::Metadata<'static> =
@@ -566,7 +572,9 @@ impl Limiter {
         if self.policies.is_empty() || self.exempt.iter().any(|p| p.matches(path)) {
             return Plan::Bypass;
         }
-        if let (Backend::Memory(store), false) = (&self.backend, self.headers.any()) {
+        if let (Backend::Memory(store), false, false) =
+            (&self.backend, self.headers.any(), self.counted)
+        {
             return self.plan_in_memory(store, req, path);
         }
         let method = req.method();
@@ -577,6 +585,7 @@ impl Limiter {
         let mut checked = Checks::new(states);
         #[cfg(feature = "redis")]
         let mut remote: Vec<(usize, Subject)> = Vec::new();
+        let mut deferred: Vec<(usize, Subject)> = Vec::new();
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
             let info = info.get_or_insert_with(|| self.info(req));
             let subject = match self.subject(policy, info) {
@@ -586,8 +595,18 @@ impl Limiter {
             };
             match &self.backend {
                 Backend::Memory(store) => {
-                    let outcome =
-                        store.check(policy.index, subject, &policy.windows, policy.cost, states);
+                    let outcome = if policy.count_if.is_some() {
+                        deferred.push((policy.index, subject.clone()));
+                        store.check_mode(
+                            policy.index,
+                            subject,
+                            &policy.windows,
+                            policy.cost,
+                            Mode::Peek,
+                        )
+                    } else {
+                        store.check(policy.index, subject, &policy.windows, policy.cost, states)
+                    };
                     if let Some(reject) = Self::record(policy, outcome, grpc, &mut checked) {
                         return Plan::Reject(Box::new(self.reject(reject, &checked)));
                     }
@@ -599,6 +618,9 @@ impl Limiter {
         #[cfg(feature = "redis")]
         if !remote.is_empty() {
             return Plan::Remote(remote, grpc());
+        }
+        if !deferred.is_empty() {
+            return Plan::Counted(self.headers_for(&checked), deferred);
         }
         match self.headers_for(&checked) {
             Some(headers) => Plan::Allow(headers),
@@ -808,14 +830,24 @@ impl Limiter {
         &self,
         subjects: Vec<(usize, Subject)>,
         grpc: bool,
-    ) -> Result<Option<Rendered>, http::Response<bytes::Bytes>> {
+    ) -> Result<(Option<Rendered>, Vec<(usize, Subject)>), http::Response<bytes::Bytes>> {
+        let mut deferred = Vec::new();
         let Backend::Redis(store) = &self.backend else {
-            return Ok(None);
+            return Ok((None, deferred));
         };
         let mut checked = Checks::new(self.headers.any());
         for (index, subject) in subjects {
             let policy = &self.policies[index];
-            let outcome = match store.check(policy, &subject).await {
+            let counted = policy.count_if.is_some();
+            let result = if counted {
+                deferred.push((index, subject.clone()));
+                store
+                    .decide_mode(policy, &subject, policy.cost, Mode::Peek)
+                    .await
+            } else {
+                store.check(policy, &subject).await
+            };
+            let outcome = match result {
                 Ok(o) => o,
                 Err(err) => {
                     if matches!(err, BackendError::Down) {
@@ -840,12 +872,12 @@ impl Limiter {
                             return Err(self.reject(r, &Checks::default()));
                         }
                         FailureMode::LocalFallback { .. } => match &store.fallback {
-                            Some(m) => m.check(
+                            Some(m) => m.check_mode(
                                 index,
                                 subject,
                                 &policy.fallback,
                                 policy.cost,
-                                self.headers.any(),
+                                if counted { Mode::Peek } else { Mode::Decide },
                             ),
                             None => continue,
                         },
@@ -856,7 +888,52 @@ impl Limiter {
                 return Err(self.reject(reject, &checked));
             }
         }
-        Ok(self.headers_for(&checked))
+        Ok((self.headers_for(&checked), deferred))
+    }
+
+    /// [`settle`](Self::settle) for the in-memory backend, synchronously.
+    #[cfg_attr(not(feature = "redis"), allow(irrefutable_let_patterns))]
+    pub(crate) fn settle_in_memory(&self, deferred: &[(usize, Subject)], status: http::StatusCode) {
+        let Backend::Memory(store) = &self.backend else {
+            return;
+        };
+        for (index, subject) in deferred {
+            let policy = &self.policies[*index];
+            if policy
+                .count_if
+                .as_ref()
+                .is_some_and(|counts| counts(status))
+            {
+                metrics::counter!("rampart_rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "counted").increment(1);
+                store.check_mode(
+                    *index,
+                    subject.clone(),
+                    &policy.windows,
+                    policy.cost,
+                    Mode::Force,
+                );
+            }
+        }
+    }
+
+    /// Counts the `count_if` policies of an answered request whose `status` they count
+    /// (one Redis round trip each; none for a status they do not count).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn settle(&self, deferred: Vec<(usize, Subject)>, status: http::StatusCode) {
+        for (index, subject) in deferred {
+            let policy = &self.policies[index];
+            if !policy
+                .count_if
+                .as_ref()
+                .is_some_and(|counts| counts(status))
+            {
+                continue;
+            }
+            metrics::counter!("rampart_rate_limit_decisions_total", "policy" => policy.name.clone(), "outcome" => "counted").increment(1);
+            let _ = self
+                .direct_outcome(policy, subject, policy.cost, Mode::Force)
+                .await;
+        }
     }
 }
 

@@ -205,7 +205,7 @@ impl RequestInfo<'_> {
 /// assert_eq!(login.name(), "login");
 /// assert_eq!(api.quotas().len(), 2);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct Policy {
     name: String,
@@ -216,6 +216,26 @@ pub struct Policy {
     cost: u32,
     shadow: bool,
     anonymous: Anonymous,
+    count_if: Option<CountIf>,
+}
+
+/// Which responses a [`Policy::count_if`] policy counts.
+pub type CountIf = Arc<dyn Fn(http::StatusCode) -> bool + Send + Sync>;
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("quotas", &self.quotas)
+            .field("key", &self.key)
+            .field("paths", &self.paths)
+            .field("methods", &self.methods)
+            .field("cost", &self.cost)
+            .field("shadow", &self.shadow)
+            .field("anonymous", &self.anonymous)
+            .field("count_if", &self.count_if.is_some())
+            .finish()
+    }
 }
 
 impl Policy {
@@ -230,7 +250,37 @@ impl Policy {
             cost: 1,
             shadow: false,
             anonymous: Anonymous::ClientIp,
+            count_if: None,
         }
+    }
+
+    /// Counting by outcome: a request is admitted while the bucket has room, and only
+    /// responses whose status matches `predicate` consume (for example only 401s:
+    /// failed sign-ins, so a user who signs in right away is never limited).
+    ///
+    /// Every matching response is counted, concurrent ones included (past the quota
+    /// the bucket stays full). Requests in flight are admitted while the bucket has
+    /// room, so pair the policy with a plain one (every attempt counted, a higher
+    /// quota) to bound concurrent guessing. With Redis, responses that do not match
+    /// cost no round trip; matching ones one more. By default, every admitted request
+    /// consumes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Policy, Quota};
+    ///
+    /// let failed_logins = Policy::new("login-failures", Quota::per_minute(5))
+    ///     .post("/api/v1/auth/token")
+    ///     .count_if(|status| status == http::StatusCode::UNAUTHORIZED);
+    /// # let _ = failed_logins;
+    /// ```
+    pub fn count_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(http::StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.count_if = Some(Arc::new(predicate));
+        self
     }
 
     /// Adds another window (up to four), checked together with the others.
@@ -391,6 +441,7 @@ impl Policy {
             anonymous: self.anonymous,
             policy_header,
             allow: Vec::new(),
+            count_if: self.count_if.clone(),
             metric_keys: ["allowed", "rejected", "shadow_rejected"].map(|outcome| {
                 metrics::Key::from_parts(
                     "rampart_rate_limit_decisions_total",
@@ -415,7 +466,6 @@ pub(crate) fn item_name(name: &str, i: usize, len: usize) -> String {
 }
 
 /// A validated policy, ready for requests.
-#[derive(Debug)]
 pub(crate) struct Compiled {
     pub(crate) index: usize,
     pub(crate) name: Arc<str>,
@@ -432,8 +482,21 @@ pub(crate) struct Compiled {
     pub(crate) policy_header: HeaderValue,
     /// Client networks this policy never limits (the limiter's allowlist and its own).
     pub(crate) allow: Vec<ipnet::IpNet>,
+    /// Only responses matching it consume (admission is a peek).
+    pub(crate) count_if: Option<CountIf>,
     /// `rampart_rate_limit_decisions_total{policy, outcome}` for allowed, rejected, shadow_rejected.
     pub(crate) metric_keys: [metrics::Key; 3],
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled")
+            .field("name", &self.name)
+            .field("windows", &self.windows)
+            .field("key", &self.key)
+            .field("count_if", &self.count_if.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who a request is counted as, for one policy.

@@ -77,7 +77,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: 'static,
+    ResBody: Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -100,6 +100,20 @@ where
                     },
                 };
             }
+            Plan::Counted(headers, deferred) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let limiter = self.limiter.clone();
+                return ResponseFuture {
+                    kind: Kind::Boxed {
+                        fut: Box::pin(async move {
+                            let res = inner.call(req).await?;
+                            limiter.settle_in_memory(&deferred, res.status());
+                            Ok(decorate(res, headers))
+                        }),
+                    },
+                };
+            }
             #[cfg(feature = "redis")]
             Plan::Remote(subjects, grpc) => {
                 let clone = self.inner.clone();
@@ -110,8 +124,14 @@ where
                         fut: Box::pin(async move {
                             match limiter.decide_remote(subjects, grpc).await {
                                 Err(res) => Ok(res.map(ResponseBody::full)),
-                                Ok(headers) => {
+                                Ok((headers, deferred)) => {
                                     let res = inner.call(req).await?;
+                                    if !deferred.is_empty() {
+                                        // Counted before the answer leaves, so the next
+                                        // request sees it; a status not counted costs
+                                        // no round trip.
+                                        limiter.settle(deferred, res.status()).await;
+                                    }
                                     Ok(decorate(res, headers))
                                 }
                             }

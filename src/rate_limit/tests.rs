@@ -864,3 +864,80 @@ async fn direct_decisions_check_peek_and_record() {
             .is_allowed()
     );
 }
+
+/// A service answering 401 on `/fail` and 200 elsewhere, for counting by outcome.
+pub(super) fn failing_service(layer: &RateLimitLayer) -> Svc {
+    use tower_layer::Layer as _;
+    layer.layer(tower::util::BoxCloneSyncService::new(service_fn(
+        |req: Request<Full<Bytes>>| async move {
+            tokio::task::yield_now().await;
+            let mut res = Response::new(Full::new(Bytes::from_static(b"x")));
+            if req.uri().path() == "/fail" {
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+            }
+            Ok::<_, Infallible>(res)
+        },
+    )))
+}
+
+pub(super) fn failures_policy() -> Policy {
+    Policy::new("failures", Quota::per_minute(5)).count_if(|s| s == StatusCode::UNAUTHORIZED)
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_if_counts_only_matching_responses() {
+    for headers in [HeaderStyle::None, HeaderStyle::Ietf] {
+        let layer = RateLimitLayer::builder()
+            .policy(failures_policy())
+            .headers(headers)
+            .build()
+            .unwrap();
+        let mut svc = failing_service(&layer);
+        for _ in 0..100 {
+            assert_eq!(
+                status(&mut svc, get("/ok", PEER)).await,
+                200,
+                "successes never consume"
+            );
+        }
+        for _ in 0..5 {
+            assert_eq!(status(&mut svc, get("/fail", PEER)).await, 401);
+        }
+        assert_eq!(status(&mut svc, get("/ok", PEER)).await, 429, "{headers:?}");
+        assert_eq!(status(&mut svc, get("/fail", PEER)).await, 429);
+        assert_eq!(status(&mut svc, get("/ok", "192.0.2.77:1")).await, 200);
+        tokio::time::advance(Duration::from_secs(12)).await;
+        assert_eq!(status(&mut svc, get("/ok", PEER)).await, 200);
+    }
+}
+
+/// Under 1000 concurrent requests, every counted response is counted: afterwards the
+/// bucket is full, and 1000 concurrent successes consume nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_if_is_exact_under_concurrency() {
+    let layer = RateLimitLayer::builder()
+        .policy(failures_policy())
+        .build()
+        .unwrap();
+    let run = |path: &'static str| {
+        let layer = layer.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..1000 {
+                let mut svc = failing_service(&layer);
+                set.spawn(async move { status(&mut svc, get(path, PEER)).await });
+            }
+            let mut by_status = std::collections::BTreeMap::new();
+            while let Some(s) = set.join_next().await {
+                *by_status.entry(s.unwrap()).or_insert(0) += 1;
+            }
+            by_status
+        }
+    };
+    let ok = run("/ok").await;
+    assert_eq!(ok.get(&200), Some(&1000), "{ok:?}");
+    let failed = run("/fail").await;
+    assert!(failed.get(&401).copied().unwrap_or(0) >= 5, "{failed:?}");
+    let mut svc = failing_service(&layer);
+    assert_eq!(status(&mut svc, get("/ok", PEER)).await, 429, "{failed:?}");
+}

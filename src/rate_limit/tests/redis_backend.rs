@@ -799,3 +799,23 @@ async fn futures_like_join(layer: &RateLimitLayer, n: usize) -> usize {
     }
     fitted
 }
+
+#[tokio::test]
+async fn count_if_on_redis_counts_only_matching_responses() {
+    let server = RedisServer::start();
+    let layer = RateLimitLayer::builder()
+        .policy(super::failures_policy())
+        .redis(backend(&server.url()).await)
+        .build()
+        .unwrap();
+    let mut svc = super::failing_service(&layer);
+    for _ in 0..50 {
+        assert_eq!(status(&mut svc, get("/ok", PEER)).await, 200);
+    }
+    for _ in 0..5 {
+        assert_eq!(status(&mut svc, get("/fail", PEER)).await, 401);
+    }
+    assert_eq!(status(&mut svc, get("/fail", PEER)).await, 429);
+    assert_eq!(status(&mut svc, get("/ok", PEER)).await, 429);
+    assert_eq!(status(&mut svc, get("/ok", "192.0.2.78:1")).await, 200);
+}
