@@ -208,6 +208,9 @@ async fn redoc_is_served_locally() {
     let res = tower::ServiceExt::oneshot(
         router,
         axum::http::Request::get("/api/redoc/redoc.standalone.js")
+            .extension(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+                ([192, 0, 2, 200], 1).into(),
+            ))
             .body(axum::body::Body::empty())
             .unwrap(),
     )
