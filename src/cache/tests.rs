@@ -825,6 +825,70 @@ async fn two_tier_survives_redis_down_and_recovers() {
     .await;
 }
 
+/// Counts `WARN` and `ERROR` events (installed per thread: current-thread runtime).
+#[derive(Clone, Default)]
+struct Warnings(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_tier_subscription_stays_up_over_many_heartbeats() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let warnings = Warnings::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(warnings.clone()),
+    );
+    let mut server = RedisServer::start();
+    let heartbeat = Duration::from_millis(100);
+    let backend = TwoTierBackend::builder(
+        MemoryBackend::new(8 << 20),
+        redis_backend(&server.url()).await,
+    )
+    .heartbeat(heartbeat)
+    .start()
+    .await;
+    assert!(backend.is_coherent());
+    let cache = Cache::builder().build(backend.clone()).unwrap();
+    assert!(cache.set("k", &7u32, &CacheOptions::new()).await);
+    // Only L1 can answer from now on: a flush (a declared loss) shows as a miss.
+    let mut conn = raw(&server.url()).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let (mut reads, mut hits) = (0u32, 0u32);
+    let until = Instant::now() + heartbeat * 30;
+    while Instant::now() < until {
+        reads += 1;
+        hits += u32::from(cache.get::<u32>("k").await == Some(7));
+        assert!(backend.is_coherent(), "loss declared after {reads} reads");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reads > 100);
+    assert_eq!(hits, reads, "every repeated read is an L1 hit");
+    assert_eq!(warnings.0.load(Ordering::SeqCst), 0, "no warning");
+    // A real loss is still detected within the heartbeat (and its timeout).
+    server.stop();
+    let t = Instant::now();
+    while backend.is_coherent() {
+        assert!(t.elapsed() < heartbeat * 3 / 2, "loss not detected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(cache.get::<u32>("k").await, None, "L1 flushed and bypassed");
+    // Logged just after the flag is cleared.
+    while warnings.0.load(Ordering::SeqCst) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(1), "the loss is not logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ---------------------------------------------------------------- response cache
 
 #[derive(Clone)]
