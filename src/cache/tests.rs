@@ -420,6 +420,31 @@ async fn keys_use_the_shared_key_builder_and_cap_length() {
 }
 
 #[tokio::test]
+async fn invalidating_unknown_tags_does_not_grow_the_tag_table() {
+    let backend = MemoryBackend::new(1 << 20);
+    let cache = Cache::builder().build(backend.clone()).unwrap();
+    let opts = CacheOptions::new().tag("users");
+    assert!(cache.set("u", &1u8, &opts).await);
+    let before = backend.inner.tag_count();
+    let unknown: Vec<String> = (0..100_000).map(|i| format!("nope:{i}")).collect();
+    cache.invalidate_tags(&unknown).await;
+    for t in unknown.iter().take(1_000) {
+        cache.invalidate_tag(t).await;
+    }
+    assert!(
+        backend.inner.tag_count() <= before,
+        "{} tag versions",
+        backend.inner.tag_count()
+    );
+    // A known tag still invalidates; the entry is then reloaded with a fresh version.
+    assert_eq!(cache.get::<u8>("u").await, Some(1));
+    cache.invalidate_tag("users").await;
+    assert_eq!(cache.get::<u8>("u").await, None);
+    assert!(cache.set("u", &2u8, &opts).await);
+    assert_eq!(cache.get::<u8>("u").await, Some(2));
+}
+
+#[tokio::test]
 async fn large_values_are_compressed() {
     let cache = Cache::builder()
         .compress_above(64)
@@ -823,6 +848,48 @@ async fn two_tier_survives_redis_down_and_recovers() {
         async move { b.get::<u32>("k").await.is_none() }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_invalidation_messages_do_not_grow_the_l1_tag_table() {
+    let server = RedisServer::start();
+    let (cache, backend) = two_tier(&server.url()).await;
+    assert!(cache.set("u", &1u8, &CacheOptions::new().tag("users")).await);
+    let before = backend.l1_tag_count();
+    let mut conn = raw(&server.url()).await;
+    for batch in 0..20 {
+        let ids: Vec<String> = (0..5_000).map(|i| format!("forged:{batch}:{i}")).collect();
+        let msg = format!("someone-else t {}", ids.join(" "));
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("test:inval")
+            .arg(msg)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // A key message published after the forged ones: once applied, they all are.
+    assert!(cache.set("probe", &1u8, &CacheOptions::new()).await);
+    let _: i64 = redis::cmd("DEL")
+        .arg(cache.key_for("probe"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("test:inval")
+        .arg(format!("someone-else k {}", cache.key_for("probe")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while cache.get::<u8>("probe").await.is_some() {
+        assert!(t.elapsed() < Duration::from_secs(10), "messages not applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        backend.l1_tag_count() <= before,
+        "{} tag versions in L1",
+        backend.l1_tag_count()
+    );
 }
 
 /// Counts `WARN` and `ERROR` events (installed per thread: current-thread runtime).

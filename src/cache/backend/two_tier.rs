@@ -328,6 +328,12 @@ impl TwoTierBackend {
     pub fn l1_entry_count(&self) -> u64 {
         self.inner.l1.entry_count()
     }
+
+    /// The number of tag versions L1 holds (tests).
+    #[cfg(test)]
+    pub(crate) fn l1_tag_count(&self) -> usize {
+        self.inner.l1.tag_count()
+    }
 }
 
 /// Configures a [`TwoTierBackend`].
