@@ -33,6 +33,8 @@ const MAX_KEY_TAIL: usize = 160;
 /// Longest stored key built on the stack for an in-process read (never capped: a base
 /// plus `:k:` plus `MAX_KEY_TAIL` is longer).
 const STACK_KEY: usize = 96;
+/// By default, the largest encoded value stored or read: 1 MiB.
+const DEFAULT_MAX_VALUE: usize = 1 << 20;
 
 /// Configures a [`Cache`].
 ///
@@ -57,6 +59,7 @@ pub struct CacheBuilder<C = Postcard> {
     keys: KeyBuilder,
     ttl: TtlTiers,
     compress_above: usize,
+    max_value_bytes: usize,
     load_timeout: Duration,
     codec: C,
 }
@@ -67,6 +70,7 @@ impl Default for CacheBuilder<Postcard> {
             keys: KeyBuilder::new("rampart"),
             ttl: TtlTiers::default(),
             compress_above: 1024,
+            max_value_bytes: DEFAULT_MAX_VALUE,
             load_timeout: Duration::from_secs(10),
             codec: Postcard,
         }
@@ -94,6 +98,26 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
+    /// The largest encoded value stored or read, in bytes: a larger value is not stored
+    /// (`set` returns `false`), and a stored entry that is larger, or that would inflate
+    /// to more (a decompression bomb written by someone else), is a miss and is deleted.
+    /// The cap bounds the memory and the CPU time one read can cost on the executor
+    /// (inflating 1 MiB takes about a millisecond). By default, 1 MiB.
+    ///
+    /// ```
+    /// use tower_rampart::cache::{Cache, CacheOptions, MemoryBackend};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::builder().max_value_bytes(100).build(MemoryBackend::new(1 << 20)).unwrap();
+    /// assert!(!cache.set("big", &vec![0u8; 200], &CacheOptions::new()).await);
+    /// assert!(cache.set("small", &vec![0u8; 50], &CacheOptions::new()).await);
+    /// # });
+    /// ```
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
     /// The longest a loader of [`Cache::get_or_load`] may run; its waiters give up at the
     /// same time. By default, 10 s.
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
@@ -107,6 +131,7 @@ impl<C: Codec> CacheBuilder<C> {
             keys: self.keys,
             ttl: self.ttl,
             compress_above: self.compress_above,
+            max_value_bytes: self.max_value_bytes,
             load_timeout: self.load_timeout,
             codec,
         }
@@ -134,6 +159,7 @@ impl<C: Codec> CacheBuilder<C> {
                 buckets,
                 ttl: self.ttl,
                 compress_above: self.compress_above,
+                max_value_bytes: self.max_value_bytes,
                 load_timeout: self.load_timeout,
                 codec: self.codec,
                 flights: Mutex::new(HashMap::new()),
@@ -161,6 +187,7 @@ struct Shared<C> {
     buckets: u16,
     ttl: TtlTiers,
     compress_above: usize,
+    max_value_bytes: usize,
     load_timeout: Duration,
     codec: C,
     flights: Flights,
@@ -445,11 +472,28 @@ impl<C: Codec> Cache<C> {
     }
 
     fn decode_body<T: DeserializeOwned>(&self, body: &[u8]) -> Option<T> {
-        entry::unframe(body).and_then(|data| self.shared.codec.decode(&data).ok())
+        self.decode_capped(body, self.shared.max_value_bytes)
+    }
+
+    /// Decodes a body no longer than `max` bytes once inflated.
+    fn decode_capped<T: DeserializeOwned>(&self, body: &[u8], max: usize) -> Option<T> {
+        entry::unframe(body, max).and_then(|data| self.shared.codec.decode(&data).ok())
     }
 
     async fn decode<T: DeserializeOwned>(&self, loc: &Loc, body: &Bytes) -> Option<T> {
-        let value = self.decode_body(body);
+        self.decode_within(loc, body, self.shared.max_value_bytes)
+            .await
+    }
+
+    /// Decodes a body read from the backend; one that is corrupt, too large once
+    /// inflated, or not a whole `T` is deleted from the backend.
+    async fn decode_within<T: DeserializeOwned>(
+        &self,
+        loc: &Loc,
+        body: &Bytes,
+        max: usize,
+    ) -> Option<T> {
+        let value = self.decode_capped(body, max);
         if value.is_none() {
             tracing::warn!(key = %loc.key, "undecodable cache entry removed");
             count(&CACHE.corrupt);
@@ -460,6 +504,14 @@ impl<C: Codec> Cache<C> {
 
     fn encode<T: Serialize>(&self, value: &T) -> Option<Bytes> {
         match self.shared.codec.encode(value) {
+            Ok(data) if data.len() > self.shared.max_value_bytes => {
+                tracing::debug!(
+                    bytes = data.len(),
+                    max = self.shared.max_value_bytes,
+                    "cache value larger than max_value_bytes; not cached"
+                );
+                None
+            }
             Ok(data) => Some(entry::frame(&data, self.shared.compress_above)),
             Err(e) => {
                 tracing::warn!(error = %e, "cache value not encodable; not cached");
@@ -475,7 +527,7 @@ impl<C: Codec> Cache<C> {
         // the decode.
         let mut local_missed = false;
         if let Some(local) = self.shared.store.local() {
-            match self.local_get(&local, key).await {
+            match self.local_get(&local, key, self.shared.max_value_bytes).await {
                 Hit::Value(v) => return Some(v),
                 Hit::Miss if local.authoritative => {
                     local.memory.count_miss();
@@ -515,7 +567,12 @@ impl<C: Codec> Cache<C> {
 
     /// Tries the in-process tier; an undecodable entry is left for the slow path, which
     /// logs, counts and removes it.
-    async fn local_get<T: DeserializeOwned>(&self, local: &Local<'_>, key: &str) -> Hit<T> {
+    async fn local_get<T: DeserializeOwned>(
+        &self,
+        local: &Local<'_>,
+        key: &str,
+        max: usize,
+    ) -> Hit<T> {
         let mut stack = StackKey::new();
         let heap;
         let stored = match self
@@ -538,7 +595,7 @@ impl<C: Codec> Cache<C> {
             memory.entries.invalidate(stored).await;
             return Hit::Miss;
         }
-        self.decode_body(&entry.body)
+        self.decode_capped(&entry.body, max)
             .map_or(Hit::Undecodable, Hit::Value)
     }
 
@@ -631,7 +688,7 @@ impl<C: Codec> Cache<C> {
         // An in-process hit first: no tags, no flight bookkeeping.
         let mut local_missed = false;
         if let Some(local) = shared.store.local() {
-            match self.local_get(&local, key).await {
+            match self.local_get(&local, key, self.shared.max_value_bytes).await {
                 Hit::Value(v) => return Ok(v),
                 Hit::Miss => local_missed = true,
                 Hit::Undecodable => {}
@@ -814,10 +871,12 @@ impl<C: Codec> Cache<C> {
         tags: &'t [String],
         ttl: super::Ttl,
         lookup: bool,
+        max: usize,
     ) -> (Option<T>, Snapshot<'t>) {
+        let max = max.min(self.shared.max_value_bytes);
         let mut local_missed = !lookup;
         if lookup && let Some(local) = self.shared.store.local() {
-            match self.local_get(&local, key).await {
+            match self.local_get(&local, key, max).await {
                 Hit::Value(v) => return (Some(v), Snapshot::default()),
                 // An undecodable local entry is a miss too: the versions must come
                 // from the backend (a two-tier L1 hit carries none).
@@ -830,7 +889,7 @@ impl<C: Codec> Cache<C> {
             .fetch(&loc, &want, self.shared.ttl.resolve(ttl), local_missed)
             .await;
         let value = match &fetched.body {
-            Some(body) if lookup => self.decode(&loc, body).await,
+            Some(body) if lookup => self.decode_within(&loc, body, max).await,
             _ => None,
         };
         let versions = if fetched.versions.len() == tags.len() {

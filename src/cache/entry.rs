@@ -19,7 +19,7 @@ use bytes::Bytes;
 pub(crate) const MAGIC: &[u8] = b"rc1\n";
 const RAW: u8 = 0;
 const ZLIB: u8 = 1;
-/// Largest decompressed body accepted (a corrupt or hostile entry cannot blow up memory).
+/// Largest decompressed body ever accepted, whatever the configured cap.
 pub(crate) const MAX_BODY: usize = 64 << 20;
 
 /// A decoded stored entry: its tags with versions, and its body.
@@ -52,16 +52,20 @@ pub(crate) fn frame(data: &[u8], threshold: usize) -> Bytes {
     out.into()
 }
 
-/// The encoded value inside a body, decompressed; `None` when corrupt.
-pub(crate) fn unframe(body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+/// The encoded value inside a body, decompressed; `None` when corrupt or longer than
+/// `max` bytes. Inflation stops at `max + 1` bytes, so a decompression bomb costs at most
+/// that much memory and time.
+pub(crate) fn unframe(body: &[u8], max: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
     let (&flag, data) = body.split_first()?;
+    let max = max.min(MAX_BODY);
     match flag {
-        RAW => Some(std::borrow::Cow::Borrowed(data)),
+        RAW => (data.len() <= max).then_some(std::borrow::Cow::Borrowed(data)),
         ZLIB => {
             let mut out = Vec::new();
-            let mut dec = flate2::read::ZlibDecoder::new(data).take(MAX_BODY as u64 + 1);
+            let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+            let mut dec = flate2::read::ZlibDecoder::new(data).take(limit);
             dec.read_to_end(&mut out).ok()?;
-            (out.len() <= MAX_BODY).then_some(std::borrow::Cow::Owned(out))
+            (out.len() <= max).then_some(std::borrow::Cow::Owned(out))
         }
         _ => None,
     }
@@ -113,7 +117,7 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Entry> {
 pub fn __decode_for_fuzzing(data: &[u8]) -> Option<(usize, usize)> {
     let raw = Bytes::copy_from_slice(data);
     let entry = decode(&raw)?;
-    let value = unframe(&entry.body)?;
+    let value = unframe(&entry.body, MAX_BODY)?;
     // Whatever decodes must re-encode to an equivalent entry.
     let again = decode(&Bytes::from(encode(&entry.tags, &entry.body)))?;
     assert_eq!(again, entry);
@@ -133,15 +137,17 @@ mod tests {
         let framed = frame(&big, 16);
         assert_eq!(framed[0], ZLIB);
         assert!(framed.len() < 200);
-        assert_eq!(unframe(&framed).unwrap().as_ref(), &big[..]);
+        assert_eq!(unframe(&framed, 10_000).unwrap().as_ref(), &big[..]);
+        assert!(unframe(&framed, 9_999).is_none(), "inflates past the cap");
+        assert!(unframe(&small, 2).is_none(), "raw body past the cap");
         // Incompressible data above the threshold is kept raw.
         let noise: Vec<u8> = (0..64u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         assert_eq!(frame(&noise, 8)[0], RAW);
-        assert!(unframe(&[]).is_none());
-        assert!(unframe(&[9, 1]).is_none());
-        assert!(unframe(&[ZLIB, 1, 2, 3]).is_none());
+        assert!(unframe(&[], 10).is_none());
+        assert!(unframe(&[9, 1], 10).is_none());
+        assert!(unframe(&[ZLIB, 1, 2, 3], 10).is_none());
     }
 
     #[test]
@@ -176,7 +182,7 @@ mod tests {
             let raw = Bytes::from(encode(&tags, &framed));
             let e = decode(&raw).unwrap();
             prop_assert_eq!(e.tags, tags);
-            let value = unframe(&e.body).unwrap();
+            let value = unframe(&e.body, body.len()).unwrap();
             prop_assert_eq!(value.as_ref(), &body[..]);
         }
     }

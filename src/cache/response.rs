@@ -342,7 +342,16 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
+/// Room for the stored headers and the `ETag` beside a body of `max_entry_bytes`.
+const HEADER_ROOM: usize = 64 << 10;
+
 impl<C: Codec> Config<C> {
+    /// The largest stored entry this layer reads (inflated): its body cap plus room
+    /// for headers. A larger one cannot be the layer's own and is deleted.
+    fn max_stored_bytes(&self) -> usize {
+        self.max_entry_bytes.saturating_add(HEADER_ROOM)
+    }
+
     /// The cache handle and key for a request, or `None` when it must not be cached.
     fn key_for<B>(&self, req: &Request<B>) -> Option<(Cache<C>, String)> {
         if !matches!(*req.method(), Method::GET | Method::HEAD)
@@ -499,7 +508,13 @@ where
                 (None, Snapshot::default())
             } else {
                 cache
-                    .get_with_snapshot::<Stored>(&key, &config.tags, config.ttl, !skip_lookup)
+                    .get_with_snapshot::<Stored>(
+                        &key,
+                        &config.tags,
+                        config.ttl,
+                        !skip_lookup,
+                        config.max_stored_bytes(),
+                    )
                     .await
             };
             if !skip_lookup && let Some(stored) = found {

@@ -528,6 +528,65 @@ async fn redis_corrupt_entries_are_misses_and_removed() {
     assert_eq!(cache.get::<String>("big").await, Some(big));
 }
 
+/// A stored entry whose zlib body inflates to `inflated` zero bytes.
+fn zero_bomb(inflated: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..inflated >> 20 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let mut raw = b"rc1\n\n\x01".to_vec();
+    raw.extend_from_slice(&enc.finish().unwrap());
+    raw
+}
+
+#[tokio::test]
+async fn redis_decompression_bomb_is_capped_and_deleted() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server.url()).await;
+    let mut conn = raw(&server.url()).await;
+    let bomb = zero_bomb(64 << 20);
+    assert!(bomb.len() < 70_000, "{} bytes", bomb.len());
+    for (i, key) in ["as-bytes", "as-string", "loaded"].iter().enumerate() {
+        let _: () = redis::cmd("SET")
+            .arg(cache.key_for(key))
+            .arg(&bomb)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        match i {
+            0 => assert_eq!(cache.get::<Vec<u8>>(key).await, None),
+            1 => assert_eq!(cache.get::<String>(key).await, None, "zeros read as \"\""),
+            _ => {
+                let v = cache
+                    .get_or_load(key, &CacheOptions::new(), || async {
+                        Ok::<_, Infallible>("fresh".to_owned())
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(v, "fresh");
+            }
+        }
+        eprintln!("bomb read {key}: {:?}", t.elapsed());
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(cache.key_for(key))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_ne!(stored.as_deref(), Some(&bomb[..]), "the bomb was deleted");
+    }
+    // The cap is the cache's own value size limit: larger values are not stored.
+    let small = Cache::builder()
+        .max_value_bytes(1_000)
+        .build(redis_backend(&server.url()).await)
+        .unwrap();
+    assert!(!small.set("big", &vec![7u8; 2_000], &CacheOptions::new()).await);
+    assert!(small.set("ok", &vec![7u8; 900], &CacheOptions::new()).await);
+    assert_eq!(small.get::<Vec<u8>>("ok").await, Some(vec![7u8; 900]));
+}
+
 #[tokio::test]
 async fn redis_evicted_tag_versions_read_as_misses() {
     let server = RedisServer::start();
