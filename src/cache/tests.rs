@@ -951,6 +951,50 @@ async fn forged_invalidation_messages_do_not_grow_the_l1_tag_table() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forever_ttl_works_identically_on_every_backend() {
+    let server = RedisServer::start();
+    let (two_tier, _backend) = two_tier(&server.url()).await;
+    let forever = CacheOptions::new().ttl(Ttl::Custom(Duration::MAX)).tag("t");
+    let clamped = memory().ttl_tiers().resolve(Ttl::Custom(Duration::MAX));
+    assert!(clamped >= Duration::from_secs(10 * 365 * 86_400), "{clamped:?}");
+    for (name, cache) in [
+        ("memory", memory()),
+        ("redis", redis_cache(&server.url()).await),
+        ("two-tier", two_tier),
+    ] {
+        assert!(cache.set("k", &1u8, &forever).await, "{name}: set");
+        assert_eq!(cache.get::<u8>("k").await, Some(1), "{name}: get");
+        let v = cache
+            .get_or_load("l", &forever, || async { Ok::<_, Infallible>(2u8) })
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(cache.get::<u8>("l").await, Some(2), "{name}: loaded value stored");
+        cache.invalidate_tag("t").await;
+        assert_eq!(cache.get::<u8>("k").await, None, "{name}: invalidated");
+    }
+    // An L1 TTL of "forever" is clamped too (moka refuses more than 1000 years).
+    let l1_forever = TwoTierBackend::builder(
+        MemoryBackend::new(1 << 20),
+        redis_backend(&server.url()).await,
+    )
+    .l1_ttl(Duration::MAX)
+    .start()
+    .await;
+    assert!(l1_forever.is_coherent());
+    let mut conn = raw(&server.url()).await;
+    let cache = redis_cache(&server.url()).await;
+    cache.set("p", &1u8, &CacheOptions::new().ttl(Ttl::Custom(Duration::MAX))).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(cache.key_for("p"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let want = i64::try_from(clamped.as_millis()).unwrap();
+    assert!(pttl > want - 60_000 && pttl <= want, "{pttl} vs {want}");
+}
+
 /// Counts `WARN` and `ERROR` events (installed per thread: current-thread runtime).
 #[derive(Clone, Default)]
 struct Warnings(Arc<AtomicUsize>);

@@ -356,9 +356,10 @@ impl TwoTierBuilder {
         self
     }
 
-    /// The longest an entry stays in L1. By default, 30 s.
+    /// The longest an entry stays in L1, between 1 ms and
+    /// [`TtlTiers::MAX`](crate::cache::TtlTiers::MAX). By default, 30 s.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-        self.l1_ttl = ttl.max(Duration::from_millis(1));
+        self.l1_ttl = ttl.clamp(Duration::from_millis(1), crate::cache::TtlTiers::MAX);
         self
     }
 
