@@ -25,7 +25,7 @@ use super::{
 use crate::{
     error::ConfigError,
     identity::IdentityReader,
-    key::{KeyBuilder, KeySink, StackKey, cap_len, escape_part, push_escaped},
+    key::{KeyBuilder, KeySink, StackKey, cap_escaped, escape_part, push_escaped},
 };
 
 /// Longest escaped entry-key tail kept before it is shortened with a digest.
@@ -446,7 +446,7 @@ impl<C: Codec> Cache<C> {
             Some(escaped) => full.push_str(&escaped),
             None => push_escaped(&mut full, key),
         }
-        (cap_len(full, base.len() + 3 + MAX_KEY_TAIL), bucket)
+        (cap_escaped(full, base.len() + 3 + MAX_KEY_TAIL), bucket)
     }
 
     fn loc(&self, key: &str) -> Loc {

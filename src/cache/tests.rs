@@ -445,6 +445,25 @@ async fn invalidating_unknown_tags_does_not_grow_the_tag_table() {
 }
 
 #[tokio::test]
+async fn a_short_key_cannot_forge_a_shortened_one() {
+    let cache = memory();
+    let long = "x".repeat(500);
+    let stored = cache.key_for(&long);
+    let base = cache.key_for("");
+    // The logical key whose stored form would be the long key's shortened one.
+    let forged = &stored[base.len()..];
+    assert!(cache.set(&long, &"secret".to_owned(), &CacheOptions::new()).await);
+    assert_ne!(cache.key_for(forged), stored);
+    assert_eq!(cache.get::<String>(forged).await, None, "read through a forged key");
+    assert!(cache.set(forged, &"evil".to_owned(), &CacheOptions::new()).await);
+    assert_eq!(
+        cache.get::<String>(&long).await.as_deref(),
+        Some("secret"),
+        "overwritten through a forged key"
+    );
+}
+
+#[tokio::test]
 async fn large_values_are_compressed() {
     let cache = Cache::builder()
         .compress_above(64)
