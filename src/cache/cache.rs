@@ -527,7 +527,10 @@ impl<C: Codec> Cache<C> {
         // the decode.
         let mut local_missed = false;
         if let Some(local) = self.shared.store.local() {
-            match self.local_get(&local, key, self.shared.max_value_bytes).await {
+            match self
+                .local_get(&local, key, self.shared.max_value_bytes)
+                .await
+            {
                 Hit::Value(v) => return Some(v),
                 Hit::Miss if local.authoritative => {
                     local.memory.count_miss();
@@ -688,7 +691,10 @@ impl<C: Codec> Cache<C> {
         // An in-process hit first: no tags, no flight bookkeeping.
         let mut local_missed = false;
         if let Some(local) = shared.store.local() {
-            match self.local_get(&local, key, self.shared.max_value_bytes).await {
+            match self
+                .local_get(&local, key, self.shared.max_value_bytes)
+                .await
+            {
                 Hit::Value(v) => return Ok(v),
                 Hit::Miss => local_missed = true,
                 Hit::Undecodable => {}

@@ -452,10 +452,22 @@ async fn a_short_key_cannot_forge_a_shortened_one() {
     let base = cache.key_for("");
     // The logical key whose stored form would be the long key's shortened one.
     let forged = &stored[base.len()..];
-    assert!(cache.set(&long, &"secret".to_owned(), &CacheOptions::new()).await);
+    assert!(
+        cache
+            .set(&long, &"secret".to_owned(), &CacheOptions::new())
+            .await
+    );
     assert_ne!(cache.key_for(forged), stored);
-    assert_eq!(cache.get::<String>(forged).await, None, "read through a forged key");
-    assert!(cache.set(forged, &"evil".to_owned(), &CacheOptions::new()).await);
+    assert_eq!(
+        cache.get::<String>(forged).await,
+        None,
+        "read through a forged key"
+    );
+    assert!(
+        cache
+            .set(forged, &"evil".to_owned(), &CacheOptions::new())
+            .await
+    );
     assert_eq!(
         cache.get::<String>(&long).await.as_deref(),
         Some("secret"),
@@ -601,7 +613,11 @@ async fn redis_decompression_bomb_is_capped_and_deleted() {
         .max_value_bytes(1_000)
         .build(redis_backend(&server.url()).await)
         .unwrap();
-    assert!(!small.set("big", &vec![7u8; 2_000], &CacheOptions::new()).await);
+    assert!(
+        !small
+            .set("big", &vec![7u8; 2_000], &CacheOptions::new())
+            .await
+    );
     assert!(small.set("ok", &vec![7u8; 900], &CacheOptions::new()).await);
     assert_eq!(small.get::<Vec<u8>>("ok").await, Some(vec![7u8; 900]));
 }
@@ -932,7 +948,11 @@ async fn two_tier_survives_redis_down_and_recovers() {
 async fn forged_invalidation_messages_do_not_grow_the_l1_tag_table() {
     let server = RedisServer::start();
     let (cache, backend) = two_tier(&server.url()).await;
-    assert!(cache.set("u", &1u8, &CacheOptions::new().tag("users")).await);
+    assert!(
+        cache
+            .set("u", &1u8, &CacheOptions::new().tag("users"))
+            .await
+    );
     let before = backend.l1_tag_count();
     let mut conn = raw(&server.url()).await;
     for batch in 0..20 {
@@ -960,7 +980,10 @@ async fn forged_invalidation_messages_do_not_grow_the_l1_tag_table() {
         .unwrap();
     let t = Instant::now();
     while cache.get::<u8>("probe").await.is_some() {
-        assert!(t.elapsed() < Duration::from_secs(10), "messages not applied");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "messages not applied"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
@@ -976,7 +999,10 @@ async fn a_forever_ttl_works_identically_on_every_backend() {
     let (two_tier, _backend) = two_tier(&server.url()).await;
     let forever = CacheOptions::new().ttl(Ttl::Custom(Duration::MAX)).tag("t");
     let clamped = memory().ttl_tiers().resolve(Ttl::Custom(Duration::MAX));
-    assert!(clamped >= Duration::from_secs(10 * 365 * 86_400), "{clamped:?}");
+    assert!(
+        clamped >= Duration::from_secs(10 * 365 * 86_400),
+        "{clamped:?}"
+    );
     for (name, cache) in [
         ("memory", memory()),
         ("redis", redis_cache(&server.url()).await),
@@ -989,7 +1015,11 @@ async fn a_forever_ttl_works_identically_on_every_backend() {
             .await
             .unwrap();
         assert_eq!(v, 2);
-        assert_eq!(cache.get::<u8>("l").await, Some(2), "{name}: loaded value stored");
+        assert_eq!(
+            cache.get::<u8>("l").await,
+            Some(2),
+            "{name}: loaded value stored"
+        );
         cache.invalidate_tag("t").await;
         assert_eq!(cache.get::<u8>("k").await, None, "{name}: invalidated");
     }
@@ -1004,7 +1034,13 @@ async fn a_forever_ttl_works_identically_on_every_backend() {
     assert!(l1_forever.is_coherent());
     let mut conn = raw(&server.url()).await;
     let cache = redis_cache(&server.url()).await;
-    cache.set("p", &1u8, &CacheOptions::new().ttl(Ttl::Custom(Duration::MAX))).await;
+    cache
+        .set(
+            "p",
+            &1u8,
+            &CacheOptions::new().ttl(Ttl::Custom(Duration::MAX)),
+        )
+        .await;
     let pttl: i64 = redis::cmd("PTTL")
         .arg(cache.key_for("p"))
         .query_async(&mut conn)
@@ -1019,11 +1055,7 @@ async fn a_forever_ttl_works_identically_on_every_backend() {
 struct Warnings(Arc<AtomicUsize>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         if *event.metadata().level() <= tracing::Level::WARN {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
@@ -1034,9 +1066,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
 async fn two_tier_subscription_stays_up_over_many_heartbeats() {
     use tracing_subscriber::layer::SubscriberExt as _;
     let warnings = Warnings::default();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(warnings.clone()),
-    );
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
     let mut server = RedisServer::start();
     let heartbeat = Duration::from_millis(100);
     let backend = TwoTierBackend::builder(
@@ -1073,7 +1104,10 @@ async fn two_tier_subscription_stays_up_over_many_heartbeats() {
     assert_eq!(cache.get::<u32>("k").await, None, "L1 flushed and bypassed");
     // Logged just after the flag is cleared.
     while warnings.0.load(Ordering::SeqCst) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(1), "the loss is not logged");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the loss is not logged"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -1113,6 +1147,15 @@ fn app(
                 .unwrap_or_default();
             let body = format!("{path} #{n} {lang}");
             let mut res = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+            // `x-set-<name>: value` in the request: the response carries `<name>: value`.
+            for (name, value) in req.headers() {
+                if let Some(set) = name.as_str().strip_prefix("x-set-") {
+                    res.headers_mut().append(
+                        http::HeaderName::from_bytes(set.as_bytes()).unwrap(),
+                        value.clone(),
+                    );
+                }
+            }
             match path.as_str() {
                 "/cookie" => {
                     res.headers_mut()
@@ -1545,4 +1588,210 @@ async fn response_cache_passes_a_failing_body_on_and_never_caches_it() {
             "not served from the cache"
         );
     }
+}
+
+// ------------------------------------------------- response cache: poisoning (#17)
+
+#[tokio::test]
+async fn response_cache_two_hosts_never_share_an_entry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = app(memory(), calls.clone(), |l| l);
+    let host = |h: &str| Request::get("/p").header(header::HOST, h).body(()).unwrap();
+    let a = send(&svc, host("a.example")).await.2;
+    let b = send(&svc, host("b.example")).await.2;
+    assert_ne!(a, b, "another host's entry was served");
+    assert_eq!(send(&svc, host("a.example")).await.2, a, "same host: a hit");
+    assert_eq!(
+        send(&svc, host("A.EXAMPLE")).await.2,
+        a,
+        "host is case-insensitive"
+    );
+    // Absolute-form targets (HTTP/2 `:authority`, proxies): scheme and authority count.
+    let https = send(&svc, get("https://a.example/p")).await.2;
+    let http = send(&svc, get("http://a.example/p")).await.2;
+    assert_ne!(https, http, "two schemes shared an entry");
+    assert_ne!(send(&svc, get("https://c.example/p")).await.2, https);
+    assert_eq!(send(&svc, get("https://a.example/p")).await.2, https);
+}
+
+#[tokio::test]
+async fn response_cache_cookie_request_is_never_served_to_another_client() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = app(memory(), calls.clone(), |l| {
+        l.identity(IdentityReader::new().user::<User>())
+    });
+    let with = |name: http::HeaderName, value: &'static str| {
+        Request::get("/me").header(name, value).body(()).unwrap()
+    };
+    // Alice's page (her session cookie, no identity readable) is not stored ...
+    let alice = send(&svc, with(header::COOKIE, "session=alice")).await.2;
+    let anon = send(&svc, get("/me")).await.2;
+    assert_ne!(
+        anon, alice,
+        "a cookie request's response was served to another client"
+    );
+    // ... and a credentialed request is not answered from the anonymous entry either.
+    assert_eq!(
+        send(&svc, get("/me")).await.2,
+        anon,
+        "anonymous requests share"
+    );
+    assert_ne!(
+        send(&svc, with(header::COOKIE, "session=bob")).await.2,
+        anon
+    );
+    assert_ne!(
+        send(&svc, with(header::AUTHORIZATION, "Bearer b")).await.2,
+        anon
+    );
+    // A route declared public shares one entry whatever the credentials.
+    let public = app(memory(), calls, |l| l.public(true));
+    let first = send(&public, with(header::COOKIE, "session=alice")).await.2;
+    assert_eq!(send(&public, get("/me")).await.2, first);
+    // Still never a response that sets a cookie.
+    let mut req = Request::get("/me2")
+        .header(header::COOKIE, "session=alice")
+        .body(())
+        .unwrap();
+    req.headers_mut()
+        .insert("x-set-set-cookie", HeaderValue::from_static("s=alice"));
+    let set = send(&public, req).await;
+    assert_eq!(set.1[header::SET_COOKIE], "s=alice");
+    let again = send(&public, get("/me2")).await;
+    assert_ne!(again.2, set.2, "a Set-Cookie response was stored");
+}
+
+#[tokio::test]
+async fn response_cache_never_stores_nonce_pages_in_either_stacking_order() {
+    use crate::csp::{Csp, CspLayer, CspNonce};
+    let csp = CspLayer::builder().enforce(Csp::strict()).build().unwrap();
+    let page = service_fn(|req: Request<()>| async move {
+        let body = if req.uri().path() == "/page" {
+            let nonce = req.extensions().get::<CspNonce>().unwrap();
+            format!("<script nonce=\"{nonce}\">go()</script>")
+        } else {
+            format!("{{\"plain\": {}}}", fastrand::u64(..))
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    });
+    async fn nonce_of<S>(svc: S, path: &str) -> (String, String, String)
+    where
+        S: tower_service::Service<
+                Request<()>,
+                Response = Response<crate::body::ResponseBody<Full<Bytes>>>,
+                Error = Infallible,
+            >,
+    {
+        let res = svc.oneshot(get(path)).await.unwrap();
+        let header = res.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
+            .unwrap();
+        let in_header = header
+            .split("'nonce-")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        let in_body = body
+            .split("nonce=\"")
+            .nth(1)
+            .map_or("", |s| s.split('"').next().unwrap())
+            .to_owned();
+        (in_header.to_owned(), in_body, body)
+    }
+    // The CSP layer outside: the body would keep the first nonce under a fresh header.
+    let cache_inside = csp.layer(ResponseCacheLayer::new(memory()).layer(page.clone()));
+    let (h1, b1, _) = nonce_of(cache_inside.clone(), "/page").await;
+    let (h2, b2, _) = nonce_of(cache_inside.clone(), "/page").await;
+    assert_eq!(h1, b1);
+    assert_eq!(h2, b2, "CSP outside: a cached body kept an old nonce");
+    // A response that does not use the nonce is still cached under the CSP layer.
+    let plain = nonce_of(cache_inside.clone(), "/plain").await.2;
+    assert_eq!(nonce_of(cache_inside, "/plain").await.2, plain);
+    // The cache outside: every client would get the same nonce.
+    let cache_outside = ResponseCacheLayer::new(memory()).layer(csp.layer(page));
+    let (h1, b1, _) = nonce_of(cache_outside.clone(), "/page").await;
+    let (h2, b2, _) = nonce_of(cache_outside, "/page").await;
+    assert_eq!((h1.as_str(), h2.as_str()), (b1.as_str(), b2.as_str()));
+    assert_ne!(h1, h2, "cache outside: the nonce was shared");
+}
+
+#[tokio::test]
+async fn response_cache_follows_rfc9111_freshness_and_sends_age() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = app(memory(), calls, |l| l);
+    let req = |path: &str, headers: &[(&'static str, &'static str)]| {
+        let mut b = Request::get(path);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    };
+    let cached = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let svc = svc.clone();
+        async move {
+            let first = send(&svc, req(path, headers)).await.2;
+            let second = send(&svc, req(path, &[])).await;
+            (second.2 == first, second.1, first)
+        }
+    };
+    // Not stored (RFC 9111 §3, §5.2.2): no-store, private, no-cache, max-age=0, Vary: *,
+    // Set-Cookie, and a response already as old as its freshness lifetime (§4.2.3).
+    for (path, h) in [
+        ("/r1", &[("x-set-cache-control", "no-store")][..]),
+        ("/r2", &[("x-set-cache-control", "private")][..]),
+        ("/r3", &[("x-set-cache-control", "no-cache")][..]),
+        ("/r4", &[("x-set-cache-control", "max-age=0")][..]),
+        (
+            "/r5",
+            &[("x-set-cache-control", "s-maxage=0, max-age=60")][..],
+        ),
+        ("/r6", &[("x-set-vary", "*")][..]),
+        ("/r7", &[("x-set-set-cookie", "a=b")][..]),
+        (
+            "/r8",
+            &[("x-set-cache-control", "max-age=10"), ("x-set-age", "10")][..],
+        ),
+        ("/r9", &[("x-set-cache-control", "max-age=ten")][..]),
+        (
+            "/r10",
+            &[("x-set-cache-control", "max-age=5, max-age=50")][..],
+        ),
+    ] {
+        assert!(!cached(path, h).await.0, "{path} {h:?} was stored");
+    }
+    // Stored, with `Age` on hits (§5.1): the origin's Age plus the time spent stored.
+    let (hit, headers, _) = cached(
+        "/s1",
+        &[
+            ("x-set-cache-control", "max-age=100, must-revalidate"),
+            ("x-set-age", "10"),
+        ],
+    )
+    .await;
+    assert!(hit);
+    let age: u64 = headers[header::AGE].to_str().unwrap().parse().unwrap();
+    assert!((10..=11).contains(&age), "Age: {age}");
+    let (hit, headers, _) = cached("/s2", &[]).await;
+    assert!(hit, "no directive: the layer's TTL");
+    assert_eq!(headers[header::AGE], "0");
+    // Freshness lifetime: s-maxage over max-age for a shared cache (§5.2.2.10).
+    let s3 = cached("/s3", &[("x-set-cache-control", "max-age=100, s-maxage=1")]).await;
+    let s4 = cached("/s4", &[("x-set-cache-control", "max-age=1")]).await;
+    assert!(s3.0 && s4.0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_ne!(
+        send(&svc, req("/s3", &[])).await.2,
+        s3.2,
+        "s-maxage=1 still fresh"
+    );
+    assert_ne!(
+        send(&svc, req("/s4", &[])).await.2,
+        s4.2,
+        "max-age=1 still fresh"
+    );
 }
