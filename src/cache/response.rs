@@ -201,18 +201,30 @@ fn uses_nonce(nonce: &RequestNonce, parts: &http::response::Parts, body: &[u8]) 
 /// Caches `GET`/`HEAD` 200 responses in a [`Cache`].
 ///
 /// [`ResponseCacheLayer`] caches `GET` and `HEAD` `200 OK` responses in a [`Cache`],
-/// keyed by tenant, method, path and query, and the values of the request headers the
-/// layer varies on. A response is stored only when all of these hold:
+/// keyed by tenant, method, scheme and authority (the URI's, else `Host`), path and
+/// query, and the values of the request headers the layer varies on. A response is
+/// stored only when all of these hold:
 ///
-/// - the request has no `Cache-Control: no-store` and is anonymous (no `Authorization`
-///   header, no user in the extensions), unless the layer caches authenticated requests
-///   **keyed by the principal** ([`by_principal`](Self::by_principal));
+/// - the request has no `Cache-Control: no-store` and no credentials (no
+///   `Authorization`, no `Cookie`, no user in the extensions), unless the layer caches
+///   credentialed requests **keyed by the principal** ([`by_principal`](Self::by_principal))
+///   or the route is declared [`public`](Self::public); a credentialed request is not
+///   answered from the cache either;
 /// - the response is `200`, has no `Set-Cookie`, no `Cache-Control: no-store`,
-///   `private` or `no-cache`, and its `Vary` names only headers the layer varies on
-///   (not `*`);
+///   `private` or `no-cache`, is still fresh (RFC 9111 §4.2: `s-maxage`, else
+///   `max-age`, else the layer's TTL, less its `Age`), and its `Vary` names only headers
+///   the layer varies on (not `*`);
+/// - it is not bound to a CSP nonce: no `'nonce-` in its `Content-Security-Policy`, and
+///   (feature `csp`) neither its body nor its headers contain the [`CspNonce`] of the
+///   request (the CSP layer outside this one), so a replayed page never carries another
+///   response's nonce;
 /// - its body has a known length no larger than the entry cap. Other bodies stream
 ///   through unchanged, never buffered.
 ///
+/// A response is kept for its freshness lifetime less its age, at most the layer's TTL;
+/// hits carry an `Age` header (RFC 9111 §5.1).
+///
+#[cfg_attr(feature = "csp", doc = "[`CspNonce`]: crate::csp::CspNonce")]
 /// A body that fails while being read for storage is handed on as the inner service
 /// sent it (the status and headers, the bytes read, then the body's own error) and is
 /// not stored: the layer never answers a `5xx` of its own.
