@@ -1704,7 +1704,7 @@ async fn response_cache_never_stores_nonce_pages_in_either_stacking_order() {
         (in_header.to_owned(), in_body, body)
     }
     // The CSP layer outside: the body would keep the first nonce under a fresh header.
-    let cache_inside = csp.layer(ResponseCacheLayer::new(memory()).layer(page.clone()));
+    let cache_inside = csp.layer(ResponseCacheLayer::new(memory()).layer(page));
     let (h1, b1, _) = nonce_of(cache_inside.clone(), "/page").await;
     let (h2, b2, _) = nonce_of(cache_inside.clone(), "/page").await;
     assert_eq!(h1, b1);
