@@ -356,6 +356,8 @@ impl Drop for Leader<'_> {
 
 enum Hit<T> {
     Value(T),
+    /// A value past its soft expiry (`stale_while_revalidate`).
+    Stale(T),
     Miss,
     Undecodable,
 }
@@ -502,7 +504,22 @@ impl<C: Codec> Cache<C> {
         value
     }
 
-    fn encode<T: Serialize>(&self, value: &T) -> Option<Bytes> {
+    /// The backend TTL of an entry written with `options` (its TTL plus any
+    /// stale-while-revalidate window) and its soft expiry (Unix ms) when it has one.
+    fn lifetimes(&self, options: &CacheOptions) -> (Duration, Option<u64>) {
+        let ttl = self.shared.ttl.resolve(options.ttl_tier());
+        let window = options.stale_window();
+        if window.is_zero() {
+            return (ttl, None);
+        }
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        (
+            ttl.saturating_add(window).min(TtlTiers::MAX),
+            Some(entry::unix_ms().saturating_add(ms)),
+        )
+    }
+
+    fn encode<T: Serialize>(&self, value: &T, soft: Option<u64>) -> Option<Bytes> {
         match self.shared.codec.encode(value) {
             Ok(data) if data.len() > self.shared.max_value_bytes => {
                 tracing::debug!(
@@ -512,7 +529,7 @@ impl<C: Codec> Cache<C> {
                 );
                 None
             }
-            Ok(data) => Some(entry::frame(&data, self.shared.compress_above)),
+            Ok(data) => Some(entry::frame(&data, self.shared.compress_above, soft)),
             Err(e) => {
                 tracing::warn!(error = %e, "cache value not encodable; not cached");
                 None
@@ -531,7 +548,7 @@ impl<C: Codec> Cache<C> {
                 .local_get(&local, key, self.shared.max_value_bytes)
                 .await
             {
-                Hit::Value(v) => return Some(v),
+                Hit::Value(v) | Hit::Stale(v) => return Some(v),
                 Hit::Miss if local.authoritative => {
                     local.memory.count_miss();
                     return None;
@@ -598,8 +615,11 @@ impl<C: Codec> Cache<C> {
             memory.entries.invalidate(stored).await;
             return Hit::Miss;
         }
-        self.decode_capped(&entry.body, max)
-            .map_or(Hit::Undecodable, Hit::Value)
+        match self.decode_capped(&entry.body, max) {
+            None => Hit::Undecodable,
+            Some(v) if entry::is_stale(&entry.body) => Hit::Stale(v),
+            Some(v) => Hit::Value(v),
+        }
     }
 
     /// Several values in one call (concurrently; multiplexed on one Redis connection).
@@ -673,6 +693,11 @@ impl<C: Codec> Cache<C> {
     /// **before** the loader runs and recorded with the value: if a tag is invalidated
     /// while the loader runs, the value is returned but not cached.
     ///
+    /// With [`CacheOptions::stale_while_revalidate`], a value past its TTL but within the
+    /// window is refreshed by the first caller that finds it (which waits for the load,
+    /// and gets the stale value if the load fails), while every caller that finds that
+    /// refresh running gets the stale value at once.
+    ///
     /// # Errors
     ///
     /// See [`LoadError`]; cache failures are never errors.
@@ -688,6 +713,8 @@ impl<C: Codec> Cache<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let shared = &*self.shared;
+        // A value past its soft expiry: served to whoever finds a refresh running.
+        let mut stale: Option<T> = None;
         // An in-process hit first: no tags, no flight bookkeeping.
         let mut local_missed = false;
         if let Some(local) = shared.store.local() {
@@ -696,6 +723,10 @@ impl<C: Codec> Cache<C> {
                 .await
             {
                 Hit::Value(v) => return Ok(v),
+                Hit::Stale(v) => {
+                    stale = Some(v);
+                    local_missed = true;
+                }
                 Hit::Miss => local_missed = true,
                 Hit::Undecodable => {}
             }
@@ -703,12 +734,17 @@ impl<C: Codec> Cache<C> {
         let loc = self.loc(key);
         let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
         let want: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let ttl = shared.ttl.resolve(options.ttl_tier());
+        let (ttl, _) = self.lifetimes(options);
         let mut rechecked = false;
         let mut loader = Some(loader);
         loop {
             let seen = shared.completions.load(Ordering::SeqCst);
-            if let Some(rx) = self.pending(&loc.key) {
+            // With a stale window, read first: a stale value beats waiting for a load.
+            let read_first = stale.is_none() && !options.stale_window().is_zero();
+            if let Some(rx) = self.pending(&loc.key).filter(|_| !read_first) {
+                if let Some(v) = stale {
+                    return Ok(v);
+                }
                 if let Some(r) = self.follow(&loc, rx).await {
                     return r;
                 }
@@ -720,7 +756,10 @@ impl<C: Codec> Cache<C> {
             if let Some(body) = &fetched.body
                 && let Some(v) = self.decode(&loc, body).await
             {
-                return Ok(v);
+                if !entry::is_stale(body) {
+                    return Ok(v);
+                }
+                stale = Some(v);
             }
             let role = {
                 let mut map = shared
@@ -746,6 +785,9 @@ impl<C: Codec> Cache<C> {
             match role {
                 Role::Recheck => rechecked = true,
                 Role::Follow(rx) => {
+                    if let Some(v) = stale {
+                        return Ok(v);
+                    }
                     if let Some(r) = self.follow(&loc, rx).await {
                         return r;
                     }
@@ -756,7 +798,12 @@ impl<C: Codec> Cache<C> {
                         leader.finish(Flight::Failed);
                         return Err(LoadError::Shared);
                     };
-                    return self.lead(&loc, &want, ttl, fetched, leader, load).await;
+                    let loaded = self.lead(&loc, &want, options, fetched, leader, load).await;
+                    // A failed refresh still has the stale value to give.
+                    return match (loaded, stale) {
+                        (Err(_), Some(v)) => Ok(v),
+                        (loaded, _) => loaded,
+                    };
                 }
             }
         }
@@ -804,7 +851,7 @@ impl<C: Codec> Cache<C> {
         &self,
         loc: &Loc,
         want: &[&str],
-        ttl: Duration,
+        options: &CacheOptions,
         fetched: Fetched,
         leader: Leader<'_>,
         load: F,
@@ -830,7 +877,8 @@ impl<C: Codec> Cache<C> {
                 return Err(LoadError::Timeout);
             }
         };
-        let Some(body) = self.encode(&value) else {
+        let (ttl, soft) = self.lifetimes(options);
+        let Some(body) = self.encode(&value, soft) else {
             leader.finish(Flight::Failed);
             return Ok(value);
         };
@@ -883,7 +931,7 @@ impl<C: Codec> Cache<C> {
         let mut local_missed = !lookup;
         if lookup && let Some(local) = self.shared.store.local() {
             match self.local_get(&local, key, max).await {
-                Hit::Value(v) => return (Some(v), Snapshot::default()),
+                Hit::Value(v) | Hit::Stale(v) => return (Some(v), Snapshot::default()),
                 // An undecodable local entry is a miss too: the versions must come
                 // from the backend (a two-tier L1 hit carries none).
                 Hit::Miss | Hit::Undecodable => local_missed = true,
@@ -920,7 +968,8 @@ impl<C: Codec> Cache<C> {
         options: &CacheOptions,
         snapshot: &Snapshot<'_>,
     ) -> bool {
-        let Some(body) = self.encode(value) else {
+        let (ttl, soft) = self.lifetimes(options);
+        let Some(body) = self.encode(value, soft) else {
             return false;
         };
         let loc = self.loc(key);
@@ -939,7 +988,7 @@ impl<C: Codec> Cache<C> {
                 })
                 .collect(),
             body,
-            ttl: self.shared.ttl.resolve(options.ttl_tier()),
+            ttl,
             epoch: snapshot.epoch,
         };
         self.shared.store.put(put).await

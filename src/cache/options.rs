@@ -142,6 +142,7 @@ impl TtlTiers {
 pub struct CacheOptions {
     ttl: Ttl,
     tags: Vec<Arc<str>>,
+    stale: Duration,
 }
 
 impl CacheOptions {
@@ -155,6 +156,34 @@ impl CacheOptions {
     pub fn ttl(mut self, ttl: Ttl) -> Self {
         self.ttl = ttl;
         self
+    }
+
+    /// Serves a value past its TTL for up to `window` more while it is refreshed: in
+    /// [`Cache::get_or_load`](super::Cache::get_or_load), the first caller to find the
+    /// value stale runs the loader (one refresh per key, single-flight) and every other
+    /// caller meanwhile gets the stale value at once; if the refresh fails, its caller
+    /// gets the stale value too. Past the TTL plus `window` the entry is gone (the hard
+    /// bound on staleness). Staleness is judged by the wall clock, so it holds across
+    /// instances and tiers. By default, zero: no stale value is ever served.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::cache::{CacheOptions, Ttl};
+    ///
+    /// let opts = CacheOptions::new()
+    ///     .ttl(Ttl::Short)
+    ///     .stale_while_revalidate(Duration::from_secs(30));
+    /// assert_eq!(opts.stale_window(), Duration::from_secs(30));
+    /// ```
+    #[must_use]
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale = window;
+        self
+    }
+
+    /// The stale-while-revalidate window.
+    pub fn stale_window(&self) -> Duration {
+        self.stale
     }
 
     /// Adds a tag. By default, an entry has no tag.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Cache, CacheOptions, Codec, Postcard, Ttl, cache::Snapshot};
+use super::{Cache, CacheOptions, Codec, Postcard, Ttl, cache::Snapshot, entry::unix_ms};
 use crate::{
     body::ResponseBody,
     identity::IdentityReader,
@@ -66,12 +66,6 @@ struct Stored {
     stored_at_ms: u64,
     /// The response's own `Age` when stored, in seconds.
     age: u64,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The `Cache-Control` directives of a response that decide whether and how long a

@@ -1050,6 +1050,121 @@ async fn a_forever_ttl_works_identically_on_every_backend() {
     assert!(pttl > want - 60_000 && pttl <= want, "{pttl} vs {want}");
 }
 
+/// Stale-while-revalidate on one backend: past the soft TTL one caller refreshes while
+/// the others get the stale value at once; past the hard TTL nothing stale is served.
+async fn stale_while_revalidate(cache: &Cache) {
+    let opts = CacheOptions::new()
+        .ttl(Ttl::Custom(Duration::from_millis(300)))
+        .stale_while_revalidate(Duration::from_millis(700))
+        .tag("swr");
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |v: u32, delay: u64, ok: bool| {
+        let loads = loads.clone();
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if ok { Ok(v) } else { Err("down") }
+        }
+    };
+    assert_eq!(
+        cache
+            .get_or_load("k", &opts, load(1, 0, true))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        cache
+            .get_or_load("k", &opts, load(9, 0, true))
+            .await
+            .unwrap(),
+        1,
+        "fresh"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Soft-expired: one refresh (200 ms); everyone arriving meanwhile gets 1 at once.
+    let refresh = {
+        let cache = cache.clone();
+        let opts = opts.clone();
+        let load = load(2, 200, true);
+        tokio::spawn(async move { cache.get_or_load("k", &opts, load).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5 {
+        let t = Instant::now();
+        let v = cache
+            .get_or_load("k", &opts, load(8, 0, true))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            1,
+            "{i} {:?} loads {}",
+            cache,
+            loads.load(Ordering::SeqCst)
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "a stale read waited"
+        );
+    }
+    assert_eq!(
+        refresh.await.unwrap(),
+        2,
+        "the refreshing caller gets the new value"
+    );
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "one refresh, single-flight"
+    );
+    assert_eq!(
+        cache
+            .get_or_load("k", &opts, load(7, 0, true))
+            .await
+            .unwrap(),
+        2
+    );
+    // A failed refresh serves the stale value.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        cache
+            .get_or_load("k", &opts, load(6, 0, false))
+            .await
+            .unwrap(),
+        2
+    );
+    // Past the hard TTL (300 + 700 ms): nothing stale.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(cache.get::<u32>("k").await, None);
+    assert_eq!(
+        cache
+            .get_or_load("k", &opts, load(3, 0, true))
+            .await
+            .unwrap(),
+        3
+    );
+    // Invalidation still applies to stale entries.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    cache.invalidate_tag("swr").await;
+    assert_eq!(
+        cache
+            .get_or_load("k", &opts, load(4, 0, true))
+            .await
+            .unwrap(),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_on_memory_redis_and_two_tier() {
+    stale_while_revalidate(&memory()).await;
+    let server = RedisServer::start();
+    stale_while_revalidate(&redis_cache(&server.url()).await).await;
+    let (two_tier, _backend) = two_tier(&server.url()).await;
+    stale_while_revalidate(&two_tier.for_tenant("tt")).await;
+}
+
 /// Counts `WARN` and `ERROR` events (installed per thread: current-thread runtime).
 #[derive(Clone, Default)]
 struct Warnings(Arc<AtomicUsize>);
