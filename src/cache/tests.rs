@@ -1066,21 +1066,9 @@ async fn stale_while_revalidate(cache: &Cache) {
             if ok { Ok(v) } else { Err("down") }
         }
     };
-    assert_eq!(
-        cache
-            .get_or_load("k", &opts, load(1, 0, true))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        cache
-            .get_or_load("k", &opts, load(9, 0, true))
-            .await
-            .unwrap(),
-        1,
-        "fresh"
-    );
+    let call = |f| cache.get_or_load("k", &opts, f);
+    assert_eq!(call(load(1, 0, true)).await.unwrap(), 1);
+    assert_eq!(call(load(9, 0, true)).await.unwrap(), 1, "fresh");
     tokio::time::sleep(Duration::from_millis(350)).await;
     // Soft-expired: one refresh (200 ms); everyone arriving meanwhile gets 1 at once.
     let refresh = {
@@ -1092,10 +1080,7 @@ async fn stale_while_revalidate(cache: &Cache) {
     tokio::time::sleep(Duration::from_millis(50)).await;
     for i in 0..5 {
         let t = Instant::now();
-        let v = cache
-            .get_or_load("k", &opts, load(8, 0, true))
-            .await
-            .unwrap();
+        let v = call(load(8, 0, true)).await.unwrap();
         assert_eq!(
             v,
             1,
@@ -1118,42 +1103,18 @@ async fn stale_while_revalidate(cache: &Cache) {
         2,
         "one refresh, single-flight"
     );
-    assert_eq!(
-        cache
-            .get_or_load("k", &opts, load(7, 0, true))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(call(load(7, 0, true)).await.unwrap(), 2);
     // A failed refresh serves the stale value.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        cache
-            .get_or_load("k", &opts, load(6, 0, false))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(call(load(6, 0, false)).await.unwrap(), 2);
     // Past the hard TTL (300 + 700 ms): nothing stale.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(cache.get::<u32>("k").await, None);
-    assert_eq!(
-        cache
-            .get_or_load("k", &opts, load(3, 0, true))
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(call(load(3, 0, true)).await.unwrap(), 3);
     // Invalidation still applies to stale entries.
     tokio::time::sleep(Duration::from_millis(350)).await;
     cache.invalidate_tag("swr").await;
-    assert_eq!(
-        cache
-            .get_or_load("k", &opts, load(4, 0, true))
-            .await
-            .unwrap(),
-        4
-    );
+    assert_eq!(call(load(4, 0, true)).await.unwrap(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
