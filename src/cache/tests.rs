@@ -1167,9 +1167,30 @@ async fn two_tier_subscription_stays_up_over_many_heartbeats() {
         assert!(backend.is_coherent(), "loss declared after {reads} reads");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    eprintln!("{hits} L1 hits of {reads} reads over 30 heartbeats");
     assert!(reads > 100);
     assert_eq!(hits, reads, "every repeated read is an L1 hit");
     assert_eq!(warnings.0.load(Ordering::SeqCst), 0, "no warning");
+    // A silent failure (the server stops answering, the socket stays open) is detected
+    // by the heartbeat: within the heartbeat plus its timeout.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while backend.is_coherent() {
+        assert!(t.elapsed() < heartbeat * 2, "silent loss not detected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("silent loss detected after {:?}", t.elapsed());
+    while !backend.is_coherent() {
+        assert!(t.elapsed() < Duration::from_secs(5), "did not resubscribe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warnings.0.store(0, Ordering::SeqCst);
     // A real loss is still detected within the heartbeat (and its timeout).
     server.stop();
     let t = Instant::now();
@@ -1177,6 +1198,7 @@ async fn two_tier_subscription_stays_up_over_many_heartbeats() {
         assert!(t.elapsed() < heartbeat * 3 / 2, "loss not detected");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    eprintln!("loss detected after {:?}", t.elapsed());
     assert_eq!(cache.get::<u32>("k").await, None, "L1 flushed and bypassed");
     // Logged just after the flag is cleared.
     while warnings.0.load(Ordering::SeqCst) == 0 {
