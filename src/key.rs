@@ -275,19 +275,31 @@ pub(crate) fn push_escaped(out: &mut impl KeySink, part: &str) {
 /// assert!(k.starts_with("kkk"));
 /// ```
 pub fn cap_len(key: String, max_len: usize) -> String {
+    cap_with(key, max_len, "#")
+}
+
+/// [`cap_len`] for a key whose tail was escaped with [`push_escaped`]: the tail becomes
+/// `%#` and the digest. The escaper writes `%` only before two hex digits, so no key a
+/// caller can build contains `%#`: a shortened key is unreachable by any other key.
+/// (`cap_len` keeps its `#` so the rate limiter's keys stay as they are.)
+pub(crate) fn cap_escaped(key: String, max_len: usize) -> String {
+    cap_with(key, max_len, "%#")
+}
+
+fn cap_with(key: String, max_len: usize, marker: &str) -> String {
     let max_len = max_len.max(MIN_MAX_LEN);
     if key.len() <= max_len {
         return key;
     }
     let digest = digest(key.as_bytes());
     // Keys from `build` are ASCII; for foreign input, back off to a char boundary.
-    let mut head = max_len - DIGEST_LEN;
+    let mut head = max_len + 1 - DIGEST_LEN - marker.len();
     while !key.is_char_boundary(head) {
         head -= 1;
     }
     let mut out = String::with_capacity(max_len);
     out.push_str(&key[..head]);
-    out.push('#');
+    out.push_str(marker);
     out.push_str(&digest);
     out
 }
@@ -349,6 +361,9 @@ mod tests {
         );
         let unicode = cap_len("é".repeat(100), 64);
         assert!(unicode.len() <= 64);
+        let escaped = cap_escaped("k".repeat(500), 100);
+        assert_eq!(escaped.len(), 100);
+        assert_eq!(&escaped[55..57], "%#");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     error::ConfigError,
     identity::IdentityReader,
-    key::{KeyBuilder, KeySink, StackKey, cap_len, escape_part, push_escaped},
+    key::{KeyBuilder, KeySink, StackKey, cap_escaped, escape_part, push_escaped},
 };
 
 /// Longest escaped entry-key tail kept before it is shortened with a digest.
@@ -33,6 +33,8 @@ const MAX_KEY_TAIL: usize = 160;
 /// Longest stored key built on the stack for an in-process read (never capped: a base
 /// plus `:k:` plus `MAX_KEY_TAIL` is longer).
 const STACK_KEY: usize = 96;
+/// By default, the largest encoded value stored or read: 1 MiB.
+const DEFAULT_MAX_VALUE: usize = 1 << 20;
 
 /// Configures a [`Cache`].
 ///
@@ -57,6 +59,7 @@ pub struct CacheBuilder<C = Postcard> {
     keys: KeyBuilder,
     ttl: TtlTiers,
     compress_above: usize,
+    max_value_bytes: usize,
     load_timeout: Duration,
     codec: C,
 }
@@ -67,6 +70,7 @@ impl Default for CacheBuilder<Postcard> {
             keys: KeyBuilder::new("rampart"),
             ttl: TtlTiers::default(),
             compress_above: 1024,
+            max_value_bytes: DEFAULT_MAX_VALUE,
             load_timeout: Duration::from_secs(10),
             codec: Postcard,
         }
@@ -94,6 +98,26 @@ impl<C: Codec> CacheBuilder<C> {
         self
     }
 
+    /// The largest encoded value stored or read, in bytes: a larger value is not stored
+    /// (`set` returns `false`), and a stored entry that is larger, or that would inflate
+    /// to more (a decompression bomb written by someone else), is a miss and is deleted.
+    /// The cap bounds the memory and the CPU time one read can cost on the executor
+    /// (inflating 1 MiB takes about a millisecond). By default, 1 MiB.
+    ///
+    /// ```
+    /// use tower_rampart::cache::{Cache, CacheOptions, MemoryBackend};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::builder().max_value_bytes(100).build(MemoryBackend::new(1 << 20)).unwrap();
+    /// assert!(!cache.set("big", &vec![0u8; 200], &CacheOptions::new()).await);
+    /// assert!(cache.set("small", &vec![0u8; 50], &CacheOptions::new()).await);
+    /// # });
+    /// ```
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
     /// The longest a loader of [`Cache::get_or_load`] may run; its waiters give up at the
     /// same time. By default, 10 s.
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
@@ -107,6 +131,7 @@ impl<C: Codec> CacheBuilder<C> {
             keys: self.keys,
             ttl: self.ttl,
             compress_above: self.compress_above,
+            max_value_bytes: self.max_value_bytes,
             load_timeout: self.load_timeout,
             codec,
         }
@@ -134,6 +159,7 @@ impl<C: Codec> CacheBuilder<C> {
                 buckets,
                 ttl: self.ttl,
                 compress_above: self.compress_above,
+                max_value_bytes: self.max_value_bytes,
                 load_timeout: self.load_timeout,
                 codec: self.codec,
                 flights: Mutex::new(HashMap::new()),
@@ -161,6 +187,7 @@ struct Shared<C> {
     buckets: u16,
     ttl: TtlTiers,
     compress_above: usize,
+    max_value_bytes: usize,
     load_timeout: Duration,
     codec: C,
     flights: Flights,
@@ -329,6 +356,8 @@ impl Drop for Leader<'_> {
 
 enum Hit<T> {
     Value(T),
+    /// A value past its soft expiry (`stale_while_revalidate`).
+    Stale(T),
     Miss,
     Undecodable,
 }
@@ -419,7 +448,7 @@ impl<C: Codec> Cache<C> {
             Some(escaped) => full.push_str(&escaped),
             None => push_escaped(&mut full, key),
         }
-        (cap_len(full, base.len() + 3 + MAX_KEY_TAIL), bucket)
+        (cap_escaped(full, base.len() + 3 + MAX_KEY_TAIL), bucket)
     }
 
     fn loc(&self, key: &str) -> Loc {
@@ -445,11 +474,28 @@ impl<C: Codec> Cache<C> {
     }
 
     fn decode_body<T: DeserializeOwned>(&self, body: &[u8]) -> Option<T> {
-        entry::unframe(body).and_then(|data| self.shared.codec.decode(&data).ok())
+        self.decode_capped(body, self.shared.max_value_bytes)
+    }
+
+    /// Decodes a body no longer than `max` bytes once inflated.
+    fn decode_capped<T: DeserializeOwned>(&self, body: &[u8], max: usize) -> Option<T> {
+        entry::unframe(body, max).and_then(|data| self.shared.codec.decode(&data).ok())
     }
 
     async fn decode<T: DeserializeOwned>(&self, loc: &Loc, body: &Bytes) -> Option<T> {
-        let value = self.decode_body(body);
+        self.decode_within(loc, body, self.shared.max_value_bytes)
+            .await
+    }
+
+    /// Decodes a body read from the backend; one that is corrupt, too large once
+    /// inflated, or not a whole `T` is deleted from the backend.
+    async fn decode_within<T: DeserializeOwned>(
+        &self,
+        loc: &Loc,
+        body: &Bytes,
+        max: usize,
+    ) -> Option<T> {
+        let value = self.decode_capped(body, max);
         if value.is_none() {
             tracing::warn!(key = %loc.key, "undecodable cache entry removed");
             count(&CACHE.corrupt);
@@ -458,9 +504,32 @@ impl<C: Codec> Cache<C> {
         value
     }
 
-    fn encode<T: Serialize>(&self, value: &T) -> Option<Bytes> {
+    /// The backend TTL of an entry written with `options` (its TTL plus any
+    /// stale-while-revalidate window) and its soft expiry (Unix ms) when it has one.
+    fn lifetimes(&self, options: &CacheOptions) -> (Duration, Option<u64>) {
+        let ttl = self.shared.ttl.resolve(options.ttl_tier());
+        let window = options.stale_window();
+        if window.is_zero() {
+            return (ttl, None);
+        }
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        (
+            ttl.saturating_add(window).min(TtlTiers::MAX),
+            Some(entry::unix_ms().saturating_add(ms)),
+        )
+    }
+
+    fn encode<T: Serialize>(&self, value: &T, soft: Option<u64>) -> Option<Bytes> {
         match self.shared.codec.encode(value) {
-            Ok(data) => Some(entry::frame(&data, self.shared.compress_above)),
+            Ok(data) if data.len() > self.shared.max_value_bytes => {
+                tracing::debug!(
+                    bytes = data.len(),
+                    max = self.shared.max_value_bytes,
+                    "cache value larger than max_value_bytes; not cached"
+                );
+                None
+            }
+            Ok(data) => Some(entry::frame(&data, self.shared.compress_above, soft)),
             Err(e) => {
                 tracing::warn!(error = %e, "cache value not encodable; not cached");
                 None
@@ -475,8 +544,11 @@ impl<C: Codec> Cache<C> {
         // the decode.
         let mut local_missed = false;
         if let Some(local) = self.shared.store.local() {
-            match self.local_get(&local, key).await {
-                Hit::Value(v) => return Some(v),
+            match self
+                .local_get(&local, key, self.shared.max_value_bytes)
+                .await
+            {
+                Hit::Value(v) | Hit::Stale(v) => return Some(v),
                 Hit::Miss if local.authoritative => {
                     local.memory.count_miss();
                     return None;
@@ -515,7 +587,12 @@ impl<C: Codec> Cache<C> {
 
     /// Tries the in-process tier; an undecodable entry is left for the slow path, which
     /// logs, counts and removes it.
-    async fn local_get<T: DeserializeOwned>(&self, local: &Local<'_>, key: &str) -> Hit<T> {
+    async fn local_get<T: DeserializeOwned>(
+        &self,
+        local: &Local<'_>,
+        key: &str,
+        max: usize,
+    ) -> Hit<T> {
         let mut stack = StackKey::new();
         let heap;
         let stored = match self
@@ -538,8 +615,11 @@ impl<C: Codec> Cache<C> {
             memory.entries.invalidate(stored).await;
             return Hit::Miss;
         }
-        self.decode_body(&entry.body)
-            .map_or(Hit::Undecodable, Hit::Value)
+        match self.decode_capped(&entry.body, max) {
+            None => Hit::Undecodable,
+            Some(v) if entry::is_stale(&entry.body) => Hit::Stale(v),
+            Some(v) => Hit::Value(v),
+        }
     }
 
     /// Several values in one call (concurrently; multiplexed on one Redis connection).
@@ -613,6 +693,11 @@ impl<C: Codec> Cache<C> {
     /// **before** the loader runs and recorded with the value: if a tag is invalidated
     /// while the loader runs, the value is returned but not cached.
     ///
+    /// With [`CacheOptions::stale_while_revalidate`], a value past its TTL but within the
+    /// window is refreshed by the first caller that finds it (which waits for the load,
+    /// and gets the stale value if the load fails), while every caller that finds that
+    /// refresh running gets the stale value at once.
+    ///
     /// # Errors
     ///
     /// See [`LoadError`]; cache failures are never errors.
@@ -628,11 +713,20 @@ impl<C: Codec> Cache<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let shared = &*self.shared;
+        // A value past its soft expiry: served to whoever finds a refresh running.
+        let mut stale: Option<T> = None;
         // An in-process hit first: no tags, no flight bookkeeping.
         let mut local_missed = false;
         if let Some(local) = shared.store.local() {
-            match self.local_get(&local, key).await {
+            match self
+                .local_get(&local, key, self.shared.max_value_bytes)
+                .await
+            {
                 Hit::Value(v) => return Ok(v),
+                Hit::Stale(v) => {
+                    stale = Some(v);
+                    local_missed = true;
+                }
                 Hit::Miss => local_missed = true,
                 Hit::Undecodable => {}
             }
@@ -640,12 +734,17 @@ impl<C: Codec> Cache<C> {
         let loc = self.loc(key);
         let tags: Vec<String> = options.tags().iter().map(|t| escape_part(t)).collect();
         let want: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let ttl = shared.ttl.resolve(options.ttl_tier());
+        let (ttl, _) = self.lifetimes(options);
         let mut rechecked = false;
         let mut loader = Some(loader);
         loop {
             let seen = shared.completions.load(Ordering::SeqCst);
-            if let Some(rx) = self.pending(&loc.key) {
+            // With a stale window, read first: a stale value beats waiting for a load.
+            let read_first = stale.is_none() && !options.stale_window().is_zero();
+            if let Some(rx) = self.pending(&loc.key).filter(|_| !read_first) {
+                if let Some(v) = stale {
+                    return Ok(v);
+                }
                 if let Some(r) = self.follow(&loc, rx).await {
                     return r;
                 }
@@ -657,7 +756,10 @@ impl<C: Codec> Cache<C> {
             if let Some(body) = &fetched.body
                 && let Some(v) = self.decode(&loc, body).await
             {
-                return Ok(v);
+                if !entry::is_stale(body) {
+                    return Ok(v);
+                }
+                stale = Some(v);
             }
             let role = {
                 let mut map = shared
@@ -683,6 +785,9 @@ impl<C: Codec> Cache<C> {
             match role {
                 Role::Recheck => rechecked = true,
                 Role::Follow(rx) => {
+                    if let Some(v) = stale {
+                        return Ok(v);
+                    }
                     if let Some(r) = self.follow(&loc, rx).await {
                         return r;
                     }
@@ -693,7 +798,12 @@ impl<C: Codec> Cache<C> {
                         leader.finish(Flight::Failed);
                         return Err(LoadError::Shared);
                     };
-                    return self.lead(&loc, &want, ttl, fetched, leader, load).await;
+                    let loaded = self.lead(&loc, &want, options, fetched, leader, load).await;
+                    // A failed refresh still has the stale value to give.
+                    return match (loaded, stale) {
+                        (Err(_), Some(v)) => Ok(v),
+                        (loaded, _) => loaded,
+                    };
                 }
             }
         }
@@ -741,7 +851,7 @@ impl<C: Codec> Cache<C> {
         &self,
         loc: &Loc,
         want: &[&str],
-        ttl: Duration,
+        options: &CacheOptions,
         fetched: Fetched,
         leader: Leader<'_>,
         load: F,
@@ -767,7 +877,8 @@ impl<C: Codec> Cache<C> {
                 return Err(LoadError::Timeout);
             }
         };
-        let Some(body) = self.encode(&value) else {
+        let (ttl, soft) = self.lifetimes(options);
+        let Some(body) = self.encode(&value, soft) else {
             leader.finish(Flight::Failed);
             return Ok(value);
         };
@@ -814,11 +925,13 @@ impl<C: Codec> Cache<C> {
         tags: &'t [String],
         ttl: super::Ttl,
         lookup: bool,
+        max: usize,
     ) -> (Option<T>, Snapshot<'t>) {
+        let max = max.min(self.shared.max_value_bytes);
         let mut local_missed = !lookup;
         if lookup && let Some(local) = self.shared.store.local() {
-            match self.local_get(&local, key).await {
-                Hit::Value(v) => return (Some(v), Snapshot::default()),
+            match self.local_get(&local, key, max).await {
+                Hit::Value(v) | Hit::Stale(v) => return (Some(v), Snapshot::default()),
                 // An undecodable local entry is a miss too: the versions must come
                 // from the backend (a two-tier L1 hit carries none).
                 Hit::Miss | Hit::Undecodable => local_missed = true,
@@ -830,7 +943,7 @@ impl<C: Codec> Cache<C> {
             .fetch(&loc, &want, self.shared.ttl.resolve(ttl), local_missed)
             .await;
         let value = match &fetched.body {
-            Some(body) if lookup => self.decode(&loc, body).await,
+            Some(body) if lookup => self.decode_within(&loc, body, max).await,
             _ => None,
         };
         let versions = if fetched.versions.len() == tags.len() {
@@ -855,7 +968,8 @@ impl<C: Codec> Cache<C> {
         options: &CacheOptions,
         snapshot: &Snapshot<'_>,
     ) -> bool {
-        let Some(body) = self.encode(value) else {
+        let (ttl, soft) = self.lifetimes(options);
+        let Some(body) = self.encode(value, soft) else {
             return false;
         };
         let loc = self.loc(key);
@@ -874,7 +988,7 @@ impl<C: Codec> Cache<C> {
                 })
                 .collect(),
             body,
-            ttl: self.shared.ttl.resolve(options.ttl_tier()),
+            ttl,
             epoch: snapshot.epoch,
         };
         self.shared.store.put(put).await

@@ -43,7 +43,13 @@ impl Codec for Postcard {
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        postcard::from_bytes(bytes).map_err(|e| CodecError(e.to_string()))
+        // Trailing bytes are an error: no value we encode has any, so an entry that
+        // decodes from a prefix only (e.g. zeros read as an empty string) is corrupt.
+        match postcard::take_from_bytes(bytes) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(CodecError(format!("{} trailing bytes", rest.len()))),
+            Err(e) => Err(CodecError(e.to_string())),
+        }
     }
 }
 
@@ -90,5 +96,7 @@ mod tests {
         let err = Postcard.decode::<String>(&[0xFF, 0xFF]).unwrap_err();
         assert!(err.to_string().starts_with("cache codec"));
         assert!(Json.decode::<u8>(b"nope").is_err());
+        let err = Postcard.decode::<String>(&[0, 0, 0]).unwrap_err();
+        assert!(err.to_string().contains("2 trailing bytes"), "{err}");
     }
 }

@@ -5,6 +5,9 @@
 //! <tag> <version>\n        one line per tag: escaped tag name, decimal u64 version
 //! \n                       end of the header
 //! <flag><data>             the body: flag 0 = raw, 1 = zlib; data = the encoded value
+//!                          (flags 2 and 3: the same, after an 8-byte big-endian Unix
+//!                          time in ms past which the value is stale but may be served
+//!                          while it is refreshed: `stale_while_revalidate`)
 //! ```
 //!
 //! Tag names are escaped with [`crate::key::escape_part`], so they never contain a space
@@ -19,7 +22,9 @@ use bytes::Bytes;
 pub(crate) const MAGIC: &[u8] = b"rc1\n";
 const RAW: u8 = 0;
 const ZLIB: u8 = 1;
-/// Largest decompressed body accepted (a corrupt or hostile entry cannot blow up memory).
+/// `RAW` and `ZLIB` preceded by a soft expiry.
+const SOFT: u8 = 2;
+/// Largest decompressed body ever accepted, whatever the configured cap.
 pub(crate) const MAX_BODY: usize = 64 << 20;
 
 /// A decoded stored entry: its tags with versions, and its body.
@@ -29,8 +34,40 @@ pub(crate) struct Entry {
     pub(crate) body: Bytes,
 }
 
-/// Frames an encoded value: compressed with zlib when longer than `threshold`.
-pub(crate) fn frame(data: &[u8], threshold: usize) -> Bytes {
+/// The wall clock in Unix milliseconds (shared by instances: soft expiries, `Age`).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether a body is past its soft expiry (never, without one).
+pub(crate) fn is_stale(body: &[u8]) -> bool {
+    match body {
+        [flag, deadline @ ..] if *flag & SOFT != 0 && deadline.len() >= 8 => {
+            let mut ms = [0u8; 8];
+            ms.copy_from_slice(&deadline[..8]);
+            unix_ms() >= u64::from_be_bytes(ms)
+        }
+        _ => false,
+    }
+}
+
+/// Frames an encoded value: compressed with zlib when longer than `threshold`, with a
+/// soft expiry (Unix ms) when given.
+pub(crate) fn frame(data: &[u8], threshold: usize, soft: Option<u64>) -> Bytes {
+    let mut framed = plain_frame(data, threshold);
+    if let Some(deadline) = soft {
+        let mut out = Vec::with_capacity(framed.len() + 8);
+        out.push(framed[0] | SOFT);
+        out.extend_from_slice(&deadline.to_be_bytes());
+        out.extend_from_slice(&framed[1..]);
+        framed = out.into();
+    }
+    framed
+}
+
+fn plain_frame(data: &[u8], threshold: usize) -> Bytes {
     if data.len() > threshold {
         let mut enc = flate2::write::ZlibEncoder::new(
             Vec::with_capacity(data.len() / 2 + 8),
@@ -52,16 +89,26 @@ pub(crate) fn frame(data: &[u8], threshold: usize) -> Bytes {
     out.into()
 }
 
-/// The encoded value inside a body, decompressed; `None` when corrupt.
-pub(crate) fn unframe(body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    let (&flag, data) = body.split_first()?;
+/// The encoded value inside a body, decompressed; `None` when corrupt or longer than
+/// `max` bytes. Inflation stops at `max + 1` bytes, so a decompression bomb costs at most
+/// that much memory and time.
+pub(crate) fn unframe(body: &[u8], max: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
+    let (&flag, mut data) = body.split_first()?;
+    let max = max.min(MAX_BODY);
+    let flag = if flag & SOFT == 0 {
+        flag
+    } else {
+        data = data.get(8..)?;
+        flag & !SOFT
+    };
     match flag {
-        RAW => Some(std::borrow::Cow::Borrowed(data)),
+        RAW => (data.len() <= max).then_some(std::borrow::Cow::Borrowed(data)),
         ZLIB => {
             let mut out = Vec::new();
-            let mut dec = flate2::read::ZlibDecoder::new(data).take(MAX_BODY as u64 + 1);
+            let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+            let mut dec = flate2::read::ZlibDecoder::new(data).take(limit);
             dec.read_to_end(&mut out).ok()?;
-            (out.len() <= MAX_BODY).then_some(std::borrow::Cow::Owned(out))
+            (out.len() <= max).then_some(std::borrow::Cow::Owned(out))
         }
         _ => None,
     }
@@ -104,7 +151,8 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Entry> {
         rest = &rest[nl + 1..];
     }
     let body = raw.slice(pos..);
-    body.first().filter(|&&f| f == RAW || f == ZLIB)?;
+    body.first()
+        .filter(|&&f| f & !SOFT == RAW || f & !SOFT == ZLIB)?;
     Some(Entry { tags, body })
 }
 
@@ -113,7 +161,7 @@ pub(crate) fn decode(raw: &Bytes) -> Option<Entry> {
 pub fn __decode_for_fuzzing(data: &[u8]) -> Option<(usize, usize)> {
     let raw = Bytes::copy_from_slice(data);
     let entry = decode(&raw)?;
-    let value = unframe(&entry.body)?;
+    let value = unframe(&entry.body, MAX_BODY)?;
     // Whatever decodes must re-encode to an equivalent entry.
     let again = decode(&Bytes::from(encode(&entry.tags, &entry.body)))?;
     assert_eq!(again, entry);
@@ -127,21 +175,32 @@ mod tests {
 
     #[test]
     fn small_bodies_stay_raw_large_ones_are_compressed() {
-        let small = frame(b"abc", 16);
+        let small = frame(b"abc", 16, None);
         assert_eq!(&small[..], b"\0abc");
         let big = vec![b'x'; 10_000];
-        let framed = frame(&big, 16);
+        let framed = frame(&big, 16, None);
         assert_eq!(framed[0], ZLIB);
         assert!(framed.len() < 200);
-        assert_eq!(unframe(&framed).unwrap().as_ref(), &big[..]);
+        assert_eq!(unframe(&framed, 10_000).unwrap().as_ref(), &big[..]);
+        assert!(unframe(&framed, 9_999).is_none(), "inflates past the cap");
+        assert!(unframe(&small, 2).is_none(), "raw body past the cap");
         // Incompressible data above the threshold is kept raw.
         let noise: Vec<u8> = (0..64u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        assert_eq!(frame(&noise, 8)[0], RAW);
-        assert!(unframe(&[]).is_none());
-        assert!(unframe(&[9, 1]).is_none());
-        assert!(unframe(&[ZLIB, 1, 2, 3]).is_none());
+        assert_eq!(frame(&noise, 8, None)[0], RAW);
+        // A soft expiry: the same value, stale once the deadline is past.
+        let soft = frame(&big, 16, Some(u64::MAX));
+        assert_eq!(soft[0], ZLIB | SOFT);
+        assert_eq!(unframe(&soft, 10_000).unwrap().as_ref(), &big[..]);
+        assert!(!is_stale(&soft) && !is_stale(&framed));
+        let past = frame(b"abc", 16, Some(1));
+        assert!(is_stale(&past));
+        assert_eq!(unframe(&past, 3).unwrap().as_ref(), b"abc");
+        assert!(unframe(&[SOFT, 0, 0], 10).is_none(), "short deadline");
+        assert!(unframe(&[], 10).is_none());
+        assert!(unframe(&[9, 1], 10).is_none());
+        assert!(unframe(&[ZLIB, 1, 2, 3], 10).is_none());
     }
 
     #[test]
@@ -172,11 +231,11 @@ mod tests {
                                                tags in proptest::collection::vec(("[a-z%0-9]{1,12}", any::<u64>()), 0..4),
                                                body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = __decode_for_fuzzing(&data);
-            let framed = frame(&body, 32);
+            let framed = frame(&body, 32, None);
             let raw = Bytes::from(encode(&tags, &framed));
             let e = decode(&raw).unwrap();
             prop_assert_eq!(e.tags, tags);
-            let value = unframe(&e.body).unwrap();
+            let value = unframe(&e.body, body.len()).unwrap();
             prop_assert_eq!(value.as_ref(), &body[..]);
         }
     }

@@ -17,7 +17,8 @@
 //!   `TwoTierBackend` (moka L1 kept coherent across instances through Redis pub/sub),
 //!   the last two with the `redis` feature.
 //! - [`ResponseCacheLayer`]: caches `GET`/`HEAD` 200 responses with strong `ETag`s and
-//!   answers `If-None-Match` with 304.
+//!   answers `If-None-Match` with 304, following RFC 9111's shared-cache rules; never
+//!   for credentialed requests (unless keyed by user) nor pages bound to a CSP nonce.
 //!
 //! The design, the Redis layout and the staleness bound of the two-tier backend are in
 //! `docs/cache.md`.

@@ -28,7 +28,7 @@ pub enum Ttl {
     Long,
     /// The "permanent" tier (by default 1 day).
     Permanent,
-    /// An explicit duration (at least 1 ms is used).
+    /// An explicit duration (at least 1 ms and at most [`TtlTiers::MAX`] are used).
     #[serde(with = "millis")]
     Custom(Duration),
 }
@@ -78,6 +78,11 @@ impl Default for TtlTiers {
 }
 
 impl TtlTiers {
+    /// The longest time-to-live any entry gets (10 years): every backend clamps to it
+    /// alike, so `Ttl::Custom(Duration::MAX)` means the same in memory and in Redis
+    /// (which rejects an expiry past its clock's range).
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 86_400);
+
     /// The short tier. By default, 60 s.
     #[must_use]
     pub fn short(mut self, ttl: Duration) -> Self {
@@ -106,7 +111,7 @@ impl TtlTiers {
         self
     }
 
-    /// The duration of a tier (never zero: at least 1 ms).
+    /// The duration of a tier, between 1 ms and [`MAX`](Self::MAX).
     pub fn resolve(&self, ttl: Ttl) -> Duration {
         let d = match ttl {
             Ttl::Short => Duration::from_secs(self.short_secs),
@@ -115,7 +120,7 @@ impl TtlTiers {
             Ttl::Permanent => Duration::from_secs(self.permanent_secs),
             Ttl::Custom(d) => d,
         };
-        d.max(Duration::from_millis(1))
+        d.clamp(Duration::from_millis(1), Self::MAX)
     }
 }
 
@@ -137,6 +142,7 @@ impl TtlTiers {
 pub struct CacheOptions {
     ttl: Ttl,
     tags: Vec<Arc<str>>,
+    stale: Duration,
 }
 
 impl CacheOptions {
@@ -150,6 +156,34 @@ impl CacheOptions {
     pub fn ttl(mut self, ttl: Ttl) -> Self {
         self.ttl = ttl;
         self
+    }
+
+    /// Serves a value past its TTL for up to `window` more while it is refreshed: in
+    /// [`Cache::get_or_load`](super::Cache::get_or_load), the first caller to find the
+    /// value stale runs the loader (one refresh per key, single-flight) and every other
+    /// caller meanwhile gets the stale value at once; if the refresh fails, its caller
+    /// gets the stale value too. Past the TTL plus `window` the entry is gone (the hard
+    /// bound on staleness). Staleness is judged by the wall clock, so it holds across
+    /// instances and tiers. By default, zero: no stale value is ever served.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::cache::{CacheOptions, Ttl};
+    ///
+    /// let opts = CacheOptions::new()
+    ///     .ttl(Ttl::Short)
+    ///     .stale_while_revalidate(Duration::from_secs(30));
+    /// assert_eq!(opts.stale_window(), Duration::from_secs(30));
+    /// ```
+    #[must_use]
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale = window;
+        self
+    }
+
+    /// The stale-while-revalidate window.
+    pub fn stale_window(&self) -> Duration {
+        self.stale
     }
 
     /// Adds a tag. By default, an entry has no tag.
@@ -206,6 +240,9 @@ mod tests {
             t.resolve(Ttl::Custom(Duration::ZERO)),
             Duration::from_millis(1)
         );
+        assert_eq!(t.resolve(Ttl::Custom(Duration::MAX)), TtlTiers::MAX);
+        let big = TtlTiers::default().permanent(Duration::MAX);
+        assert_eq!(big.resolve(Ttl::Permanent), TtlTiers::MAX);
         let ttl: Ttl = serde_json::from_str(r#"{"custom": 1500}"#).unwrap();
         assert_eq!(ttl, Ttl::Custom(Duration::from_millis(1500)));
         let ttl: Ttl = serde_json::from_str(r#""long""#).unwrap();

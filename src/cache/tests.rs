@@ -420,6 +420,62 @@ async fn keys_use_the_shared_key_builder_and_cap_length() {
 }
 
 #[tokio::test]
+async fn invalidating_unknown_tags_does_not_grow_the_tag_table() {
+    let backend = MemoryBackend::new(1 << 20);
+    let cache = Cache::builder().build(backend.clone()).unwrap();
+    let opts = CacheOptions::new().tag("users");
+    assert!(cache.set("u", &1u8, &opts).await);
+    let before = backend.inner.tag_count();
+    let unknown: Vec<String> = (0..100_000).map(|i| format!("nope:{i}")).collect();
+    cache.invalidate_tags(&unknown).await;
+    for t in unknown.iter().take(1_000) {
+        cache.invalidate_tag(t).await;
+    }
+    assert!(
+        backend.inner.tag_count() <= before,
+        "{} tag versions",
+        backend.inner.tag_count()
+    );
+    // A known tag still invalidates; the entry is then reloaded with a fresh version.
+    assert_eq!(cache.get::<u8>("u").await, Some(1));
+    cache.invalidate_tag("users").await;
+    assert_eq!(cache.get::<u8>("u").await, None);
+    assert!(cache.set("u", &2u8, &opts).await);
+    assert_eq!(cache.get::<u8>("u").await, Some(2));
+}
+
+#[tokio::test]
+async fn a_short_key_cannot_forge_a_shortened_one() {
+    let cache = memory();
+    let long = "x".repeat(500);
+    let stored = cache.key_for(&long);
+    let base = cache.key_for("");
+    // The logical key whose stored form would be the long key's shortened one.
+    let forged = &stored[base.len()..];
+    assert!(
+        cache
+            .set(&long, &"secret".to_owned(), &CacheOptions::new())
+            .await
+    );
+    assert_ne!(cache.key_for(forged), stored);
+    assert_eq!(
+        cache.get::<String>(forged).await,
+        None,
+        "read through a forged key"
+    );
+    assert!(
+        cache
+            .set(forged, &"evil".to_owned(), &CacheOptions::new())
+            .await
+    );
+    assert_eq!(
+        cache.get::<String>(&long).await.as_deref(),
+        Some("secret"),
+        "overwritten through a forged key"
+    );
+}
+
+#[tokio::test]
 async fn large_values_are_compressed() {
     let cache = Cache::builder()
         .compress_above(64)
@@ -501,6 +557,69 @@ async fn redis_corrupt_entries_are_misses_and_removed() {
     assert!(stored.len() < 1_000);
     assert_eq!(e.tags.len(), 1);
     assert_eq!(cache.get::<String>("big").await, Some(big));
+}
+
+/// A stored entry whose zlib body inflates to `inflated` zero bytes.
+fn zero_bomb(inflated: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..inflated >> 20 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let mut raw = b"rc1\n\n\x01".to_vec();
+    raw.extend_from_slice(&enc.finish().unwrap());
+    raw
+}
+
+#[tokio::test]
+async fn redis_decompression_bomb_is_capped_and_deleted() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server.url()).await;
+    let mut conn = raw(&server.url()).await;
+    let bomb = zero_bomb(64 << 20);
+    assert!(bomb.len() < 70_000, "{} bytes", bomb.len());
+    for (i, key) in ["as-bytes", "as-string", "loaded"].iter().enumerate() {
+        let _: () = redis::cmd("SET")
+            .arg(cache.key_for(key))
+            .arg(&bomb)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        match i {
+            0 => assert_eq!(cache.get::<Vec<u8>>(key).await, None),
+            1 => assert_eq!(cache.get::<String>(key).await, None, "zeros read as \"\""),
+            _ => {
+                let v = cache
+                    .get_or_load(key, &CacheOptions::new(), || async {
+                        Ok::<_, Infallible>("fresh".to_owned())
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(v, "fresh");
+            }
+        }
+        eprintln!("bomb read {key}: {:?}", t.elapsed());
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(cache.key_for(key))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_ne!(stored.as_deref(), Some(&bomb[..]), "the bomb was deleted");
+    }
+    // The cap is the cache's own value size limit: larger values are not stored.
+    let small = Cache::builder()
+        .max_value_bytes(1_000)
+        .build(redis_backend(&server.url()).await)
+        .unwrap();
+    assert!(
+        !small
+            .set("big", &vec![7u8; 2_000], &CacheOptions::new())
+            .await
+    );
+    assert!(small.set("ok", &vec![7u8; 900], &CacheOptions::new()).await);
+    assert_eq!(small.get::<Vec<u8>>("ok").await, Some(vec![7u8; 900]));
 }
 
 #[tokio::test]
@@ -825,6 +944,272 @@ async fn two_tier_survives_redis_down_and_recovers() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_invalidation_messages_do_not_grow_the_l1_tag_table() {
+    let server = RedisServer::start();
+    let (cache, backend) = two_tier(&server.url()).await;
+    assert!(
+        cache
+            .set("u", &1u8, &CacheOptions::new().tag("users"))
+            .await
+    );
+    let before = backend.l1_tag_count();
+    let mut conn = raw(&server.url()).await;
+    for batch in 0..20 {
+        let ids: Vec<String> = (0..5_000).map(|i| format!("forged:{batch}:{i}")).collect();
+        let msg = format!("someone-else t {}", ids.join(" "));
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("test:inval")
+            .arg(msg)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // A key message published after the forged ones: once applied, they all are.
+    assert!(cache.set("probe", &1u8, &CacheOptions::new()).await);
+    let _: i64 = redis::cmd("DEL")
+        .arg(cache.key_for("probe"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("test:inval")
+        .arg(format!("someone-else k {}", cache.key_for("probe")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while cache.get::<u8>("probe").await.is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "messages not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        backend.l1_tag_count() <= before,
+        "{} tag versions in L1",
+        backend.l1_tag_count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forever_ttl_works_identically_on_every_backend() {
+    let server = RedisServer::start();
+    let (two_tier, _backend) = two_tier(&server.url()).await;
+    let forever = CacheOptions::new().ttl(Ttl::Custom(Duration::MAX)).tag("t");
+    let clamped = memory().ttl_tiers().resolve(Ttl::Custom(Duration::MAX));
+    assert!(
+        clamped >= Duration::from_secs(10 * 365 * 86_400),
+        "{clamped:?}"
+    );
+    for (name, cache) in [
+        ("memory", memory()),
+        ("redis", redis_cache(&server.url()).await),
+        ("two-tier", two_tier),
+    ] {
+        assert!(cache.set("k", &1u8, &forever).await, "{name}: set");
+        assert_eq!(cache.get::<u8>("k").await, Some(1), "{name}: get");
+        let v = cache
+            .get_or_load("l", &forever, || async { Ok::<_, Infallible>(2u8) })
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(
+            cache.get::<u8>("l").await,
+            Some(2),
+            "{name}: loaded value stored"
+        );
+        cache.invalidate_tag("t").await;
+        assert_eq!(cache.get::<u8>("k").await, None, "{name}: invalidated");
+    }
+    // An L1 TTL of "forever" is clamped too (moka refuses more than 1000 years).
+    let l1_forever = TwoTierBackend::builder(
+        MemoryBackend::new(1 << 20),
+        redis_backend(&server.url()).await,
+    )
+    .l1_ttl(Duration::MAX)
+    .start()
+    .await;
+    assert!(l1_forever.is_coherent());
+    let mut conn = raw(&server.url()).await;
+    let cache = redis_cache(&server.url()).await;
+    cache
+        .set(
+            "p",
+            &1u8,
+            &CacheOptions::new().ttl(Ttl::Custom(Duration::MAX)),
+        )
+        .await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(cache.key_for("p"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let want = i64::try_from(clamped.as_millis()).unwrap();
+    assert!(pttl > want - 60_000 && pttl <= want, "{pttl} vs {want}");
+}
+
+/// Stale-while-revalidate on one backend: past the soft TTL one caller refreshes while
+/// the others get the stale value at once; past the hard TTL nothing stale is served.
+async fn stale_while_revalidate(cache: &Cache) {
+    let opts = CacheOptions::new()
+        .ttl(Ttl::Custom(Duration::from_millis(300)))
+        .stale_while_revalidate(Duration::from_millis(700))
+        .tag("swr");
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |v: u32, delay: u64, ok: bool| {
+        let loads = loads.clone();
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if ok { Ok(v) } else { Err("down") }
+        }
+    };
+    let call = |f| cache.get_or_load("k", &opts, f);
+    assert_eq!(call(load(1, 0, true)).await.unwrap(), 1);
+    assert_eq!(call(load(9, 0, true)).await.unwrap(), 1, "fresh");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Soft-expired: one refresh (200 ms); everyone arriving meanwhile gets 1 at once.
+    let refresh = {
+        let cache = cache.clone();
+        let opts = opts.clone();
+        let load = load(2, 200, true);
+        tokio::spawn(async move { cache.get_or_load("k", &opts, load).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5 {
+        let t = Instant::now();
+        let v = call(load(8, 0, true)).await.unwrap();
+        assert_eq!(
+            v,
+            1,
+            "{i} {:?} loads {}",
+            cache,
+            loads.load(Ordering::SeqCst)
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "a stale read waited"
+        );
+    }
+    assert_eq!(
+        refresh.await.unwrap(),
+        2,
+        "the refreshing caller gets the new value"
+    );
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "one refresh, single-flight"
+    );
+    assert_eq!(call(load(7, 0, true)).await.unwrap(), 2);
+    // A failed refresh serves the stale value.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(call(load(6, 0, false)).await.unwrap(), 2);
+    // Past the hard TTL (300 + 700 ms): nothing stale.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(cache.get::<u32>("k").await, None);
+    assert_eq!(call(load(3, 0, true)).await.unwrap(), 3);
+    // Invalidation still applies to stale entries.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    cache.invalidate_tag("swr").await;
+    assert_eq!(call(load(4, 0, true)).await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_on_memory_redis_and_two_tier() {
+    stale_while_revalidate(&memory()).await;
+    let server = RedisServer::start();
+    stale_while_revalidate(&redis_cache(&server.url()).await).await;
+    let (two_tier, _backend) = two_tier(&server.url()).await;
+    stale_while_revalidate(&two_tier.for_tenant("tt")).await;
+}
+
+/// Counts `WARN` and `ERROR` events (installed per thread: current-thread runtime).
+#[derive(Clone, Default)]
+struct Warnings(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_tier_subscription_stays_up_over_many_heartbeats() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let warnings = Warnings::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let mut server = RedisServer::start();
+    let heartbeat = Duration::from_millis(100);
+    let backend = TwoTierBackend::builder(
+        MemoryBackend::new(8 << 20),
+        redis_backend(&server.url()).await,
+    )
+    .heartbeat(heartbeat)
+    .start()
+    .await;
+    assert!(backend.is_coherent());
+    let cache = Cache::builder().build(backend.clone()).unwrap();
+    assert!(cache.set("k", &7u32, &CacheOptions::new()).await);
+    // Only L1 can answer from now on: a flush (a declared loss) shows as a miss.
+    let mut conn = raw(&server.url()).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let (mut reads, mut hits) = (0u32, 0u32);
+    let until = Instant::now() + heartbeat * 30;
+    while Instant::now() < until {
+        reads += 1;
+        hits += u32::from(cache.get::<u32>("k").await == Some(7));
+        assert!(backend.is_coherent(), "loss declared after {reads} reads");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("{hits} L1 hits of {reads} reads over 30 heartbeats");
+    assert!(reads > 100);
+    assert_eq!(hits, reads, "every repeated read is an L1 hit");
+    assert_eq!(warnings.0.load(Ordering::SeqCst), 0, "no warning");
+    // A silent failure (the server stops answering, the socket stays open) is detected
+    // by the heartbeat: within the heartbeat plus its timeout.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while backend.is_coherent() {
+        assert!(t.elapsed() < heartbeat * 2, "silent loss not detected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("silent loss detected after {:?}", t.elapsed());
+    while !backend.is_coherent() {
+        assert!(t.elapsed() < Duration::from_secs(5), "did not resubscribe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warnings.0.store(0, Ordering::SeqCst);
+    // A real loss is still detected within the heartbeat (and its timeout).
+    server.stop();
+    let t = Instant::now();
+    while backend.is_coherent() {
+        assert!(t.elapsed() < heartbeat * 3 / 2, "loss not detected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("loss detected after {:?}", t.elapsed());
+    assert_eq!(cache.get::<u32>("k").await, None, "L1 flushed and bypassed");
+    // Logged just after the flag is cleared.
+    while warnings.0.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the loss is not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ---------------------------------------------------------------- response cache
 
 #[derive(Clone)]
@@ -860,6 +1245,15 @@ fn app(
                 .unwrap_or_default();
             let body = format!("{path} #{n} {lang}");
             let mut res = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+            // `x-set-<name>: value` in the request: the response carries `<name>: value`.
+            for (name, value) in req.headers() {
+                if let Some(set) = name.as_str().strip_prefix("x-set-") {
+                    res.headers_mut().append(
+                        http::HeaderName::from_bytes(set.as_bytes()).unwrap(),
+                        value.clone(),
+                    );
+                }
+            }
             match path.as_str() {
                 "/cookie" => {
                     res.headers_mut()
@@ -1292,4 +1686,210 @@ async fn response_cache_passes_a_failing_body_on_and_never_caches_it() {
             "not served from the cache"
         );
     }
+}
+
+// ------------------------------------------------- response cache: poisoning (#17)
+
+#[tokio::test]
+async fn response_cache_two_hosts_never_share_an_entry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = app(memory(), calls.clone(), |l| l);
+    let host = |h: &str| Request::get("/p").header(header::HOST, h).body(()).unwrap();
+    let a = send(&svc, host("a.example")).await.2;
+    let b = send(&svc, host("b.example")).await.2;
+    assert_ne!(a, b, "another host's entry was served");
+    assert_eq!(send(&svc, host("a.example")).await.2, a, "same host: a hit");
+    assert_eq!(
+        send(&svc, host("A.EXAMPLE")).await.2,
+        a,
+        "host is case-insensitive"
+    );
+    // Absolute-form targets (HTTP/2 `:authority`, proxies): scheme and authority count.
+    let https = send(&svc, get("https://a.example/p")).await.2;
+    let http = send(&svc, get("http://a.example/p")).await.2;
+    assert_ne!(https, http, "two schemes shared an entry");
+    assert_ne!(send(&svc, get("https://c.example/p")).await.2, https);
+    assert_eq!(send(&svc, get("https://a.example/p")).await.2, https);
+}
+
+#[tokio::test]
+async fn response_cache_cookie_request_is_never_served_to_another_client() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = app(memory(), calls.clone(), |l| {
+        l.identity(IdentityReader::new().user::<User>())
+    });
+    let with = |name: http::HeaderName, value: &'static str| {
+        Request::get("/me").header(name, value).body(()).unwrap()
+    };
+    // Alice's page (her session cookie, no identity readable) is not stored ...
+    let alice = send(&svc, with(header::COOKIE, "session=alice")).await.2;
+    let anon = send(&svc, get("/me")).await.2;
+    assert_ne!(
+        anon, alice,
+        "a cookie request's response was served to another client"
+    );
+    // ... and a credentialed request is not answered from the anonymous entry either.
+    assert_eq!(
+        send(&svc, get("/me")).await.2,
+        anon,
+        "anonymous requests share"
+    );
+    assert_ne!(
+        send(&svc, with(header::COOKIE, "session=bob")).await.2,
+        anon
+    );
+    assert_ne!(
+        send(&svc, with(header::AUTHORIZATION, "Bearer b")).await.2,
+        anon
+    );
+    // A route declared public shares one entry whatever the credentials.
+    let public = app(memory(), calls, |l| l.public(true));
+    let first = send(&public, with(header::COOKIE, "session=alice")).await.2;
+    assert_eq!(send(&public, get("/me")).await.2, first);
+    // Still never a response that sets a cookie.
+    let mut req = Request::get("/me2")
+        .header(header::COOKIE, "session=alice")
+        .body(())
+        .unwrap();
+    req.headers_mut()
+        .insert("x-set-set-cookie", HeaderValue::from_static("s=alice"));
+    let set = send(&public, req).await;
+    assert_eq!(set.1[header::SET_COOKIE], "s=alice");
+    let again = send(&public, get("/me2")).await;
+    assert_ne!(again.2, set.2, "a Set-Cookie response was stored");
+}
+
+#[tokio::test]
+async fn response_cache_never_stores_nonce_pages_in_either_stacking_order() {
+    use crate::csp::{Csp, CspLayer, CspNonce};
+    let csp = CspLayer::builder().enforce(Csp::strict()).build().unwrap();
+    let page = service_fn(|req: Request<()>| async move {
+        let body = if req.uri().path() == "/page" {
+            let nonce = req.extensions().get::<CspNonce>().unwrap();
+            format!("<script nonce=\"{nonce}\">go()</script>")
+        } else {
+            format!("{{\"plain\": {}}}", fastrand::u64(..))
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    });
+    async fn nonce_of<S>(svc: S, path: &str) -> (String, String, String)
+    where
+        S: tower_service::Service<
+                Request<()>,
+                Response = Response<crate::body::ResponseBody<Full<Bytes>>>,
+                Error = Infallible,
+            >,
+    {
+        let res = svc.oneshot(get(path)).await.unwrap();
+        let header = res.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
+            .unwrap();
+        let in_header = header
+            .split("'nonce-")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        let in_body = body
+            .split("nonce=\"")
+            .nth(1)
+            .map_or("", |s| s.split('"').next().unwrap())
+            .to_owned();
+        (in_header.to_owned(), in_body, body)
+    }
+    // The CSP layer outside: the body would keep the first nonce under a fresh header.
+    let cache_inside = csp.layer(ResponseCacheLayer::new(memory()).layer(page));
+    let (h1, b1, _) = nonce_of(cache_inside.clone(), "/page").await;
+    let (h2, b2, _) = nonce_of(cache_inside.clone(), "/page").await;
+    assert_eq!(h1, b1);
+    assert_eq!(h2, b2, "CSP outside: a cached body kept an old nonce");
+    // A response that does not use the nonce is still cached under the CSP layer.
+    let plain = nonce_of(cache_inside.clone(), "/plain").await.2;
+    assert_eq!(nonce_of(cache_inside, "/plain").await.2, plain);
+    // The cache outside: every client would get the same nonce.
+    let cache_outside = ResponseCacheLayer::new(memory()).layer(csp.layer(page));
+    let (h1, b1, _) = nonce_of(cache_outside.clone(), "/page").await;
+    let (h2, b2, _) = nonce_of(cache_outside, "/page").await;
+    assert_eq!((h1.as_str(), h2.as_str()), (b1.as_str(), b2.as_str()));
+    assert_ne!(h1, h2, "cache outside: the nonce was shared");
+}
+
+#[tokio::test]
+async fn response_cache_follows_rfc9111_freshness_and_sends_age() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = app(memory(), calls, |l| l);
+    let req = |path: &str, headers: &[(&'static str, &'static str)]| {
+        let mut b = Request::get(path);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    };
+    let cached = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let svc = svc.clone();
+        async move {
+            let first = send(&svc, req(path, headers)).await.2;
+            let second = send(&svc, req(path, &[])).await;
+            (second.2 == first, second.1, first)
+        }
+    };
+    // Not stored (RFC 9111 §3, §5.2.2): no-store, private, no-cache, max-age=0, Vary: *,
+    // Set-Cookie, and a response already as old as its freshness lifetime (§4.2.3).
+    for (path, h) in [
+        ("/r1", &[("x-set-cache-control", "no-store")][..]),
+        ("/r2", &[("x-set-cache-control", "private")][..]),
+        ("/r3", &[("x-set-cache-control", "no-cache")][..]),
+        ("/r4", &[("x-set-cache-control", "max-age=0")][..]),
+        (
+            "/r5",
+            &[("x-set-cache-control", "s-maxage=0, max-age=60")][..],
+        ),
+        ("/r6", &[("x-set-vary", "*")][..]),
+        ("/r7", &[("x-set-set-cookie", "a=b")][..]),
+        (
+            "/r8",
+            &[("x-set-cache-control", "max-age=10"), ("x-set-age", "10")][..],
+        ),
+        ("/r9", &[("x-set-cache-control", "max-age=ten")][..]),
+        (
+            "/r10",
+            &[("x-set-cache-control", "max-age=5, max-age=50")][..],
+        ),
+    ] {
+        assert!(!cached(path, h).await.0, "{path} {h:?} was stored");
+    }
+    // Stored, with `Age` on hits (§5.1): the origin's Age plus the time spent stored.
+    let (hit, headers, _) = cached(
+        "/s1",
+        &[
+            ("x-set-cache-control", "max-age=100, must-revalidate"),
+            ("x-set-age", "10"),
+        ],
+    )
+    .await;
+    assert!(hit);
+    let age: u64 = headers[header::AGE].to_str().unwrap().parse().unwrap();
+    assert!((10..=11).contains(&age), "Age: {age}");
+    let (hit, headers, _) = cached("/s2", &[]).await;
+    assert!(hit, "no directive: the layer's TTL");
+    assert_eq!(headers[header::AGE], "0");
+    // Freshness lifetime: s-maxage over max-age for a shared cache (§5.2.2.10).
+    let s3 = cached("/s3", &[("x-set-cache-control", "max-age=100, s-maxage=1")]).await;
+    let s4 = cached("/s4", &[("x-set-cache-control", "max-age=1")]).await;
+    assert!(s3.0 && s4.0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_ne!(
+        send(&svc, req("/s3", &[])).await.2,
+        s3.2,
+        "s-maxage=1 still fresh"
+    );
+    assert_ne!(
+        send(&svc, req("/s4", &[])).await.2,
+        s4.2,
+        "max-age=1 still fresh"
+    );
 }

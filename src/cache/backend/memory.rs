@@ -123,8 +123,12 @@ impl Memory {
         *self.tags.entry(id.clone()).or_insert_with(fresh_version)
     }
 
-    fn set_version(&self, id: Arc<str>) {
-        self.tags.insert(id, fresh_version());
+    /// Invalidates a tag by forgetting its version, as Redis `DEL`s its version key: a
+    /// missing version matches no entry, and the next write creates a fresh one. So an
+    /// invalidation never adds to the table (an unknown tag, or a forged channel
+    /// message, costs nothing); only [`version`](Self::version) inserts, under the cap.
+    fn forget_version(&self, id: &str) {
+        self.tags.remove(id);
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -236,19 +240,25 @@ impl Memory {
     pub(crate) fn bump(&self, ns: &str, tags: &[String]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for t in tags {
-            self.set_version(Self::tag_id(ns, t));
+            self.forget_version(&Self::tag_id(ns, t));
         }
         count(&self.counters.invalidations);
     }
 
     pub(crate) fn bump_id(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.set_version(id.into());
+        self.forget_version(id);
     }
 
     pub(crate) fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
+    }
+
+    /// The number of tag versions held (tests).
+    #[cfg(test)]
+    pub(crate) fn tag_count(&self) -> usize {
+        self.tags.len()
     }
 
     pub(crate) fn entry_count(&self) -> u64 {

@@ -17,6 +17,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
+use redis::Value;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -88,6 +89,20 @@ async fn apply(l1: &Memory, instance: &str, payload: &str) {
     }
 }
 
+/// Whether a heartbeat reply is a `PONG`: a plain `PONG` (RESP3, or RESP2 outside
+/// subscribed mode) or, in RESP2 subscribed mode, the array `["pong", ""]`.
+fn is_pong(reply: &Value) -> bool {
+    let pong = |v: &Value| match v {
+        Value::SimpleString(s) => s.eq_ignore_ascii_case("pong"),
+        Value::BulkString(b) => b.eq_ignore_ascii_case(b"pong"),
+        _ => false,
+    };
+    match reply {
+        Value::Array(items) => items.first().is_some_and(pong),
+        other => pong(other),
+    }
+}
+
 async fn subscriber(
     l1: Arc<Memory>,
     clients: Vec<redis::Client>,
@@ -130,8 +145,8 @@ async fn subscriber(
                     None => break,
                 },
                 _ = ticks.tick() => {
-                    let pong = tokio::time::timeout(heartbeat / 2, sink.ping::<String>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
+                    let pong = tokio::time::timeout(heartbeat / 2, sink.ping::<Value>()).await;
+                    if !matches!(pong, Ok(Ok(v)) if is_pong(&v)) {
                         break;
                     }
                 }
@@ -313,6 +328,12 @@ impl TwoTierBackend {
     pub fn l1_entry_count(&self) -> u64 {
         self.inner.l1.entry_count()
     }
+
+    /// The number of tag versions L1 holds (tests).
+    #[cfg(test)]
+    pub(crate) fn l1_tag_count(&self) -> usize {
+        self.inner.l1.tag_count()
+    }
 }
 
 /// Configures a [`TwoTierBackend`].
@@ -335,9 +356,10 @@ impl TwoTierBuilder {
         self
     }
 
-    /// The longest an entry stays in L1. By default, 30 s.
+    /// The longest an entry stays in L1, between 1 ms and
+    /// [`TtlTiers::MAX`](crate::cache::TtlTiers::MAX). By default, 30 s.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-        self.l1_ttl = ttl.max(Duration::from_millis(1));
+        self.l1_ttl = ttl.clamp(Duration::from_millis(1), crate::cache::TtlTiers::MAX);
         self
     }
 
@@ -385,5 +407,22 @@ impl TwoTierBuilder {
 impl From<TwoTierBackend> for Backend {
     fn from(t: TwoTierBackend) -> Self {
         Backend { store: t.inner }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_accepts_every_pong_form_and_nothing_else() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert!(is_pong(&Value::SimpleString("PONG".into())));
+        assert!(is_pong(&bulk("PONG")));
+        assert!(is_pong(&Value::Array(vec![bulk("pong"), bulk("")])));
+        assert!(!is_pong(&Value::Nil));
+        assert!(!is_pong(&Value::Array(vec![])));
+        assert!(!is_pong(&Value::Array(vec![bulk("message"), bulk("pong")])));
+        assert!(!is_pong(&Value::SimpleString("OK".into())));
     }
 }
