@@ -62,7 +62,11 @@ impl RateLimitLayer {
 
     /// The names of the policies, in order.
     pub fn policy_names(&self) -> impl Iterator<Item = &str> {
-        self.limiter.policies.iter().map(|p| &*p.name)
+        self.limiter
+            .policies
+            .iter()
+            .filter(|p| p.tier_of.is_none())
+            .map(|p| &*p.name)
     }
 
     /// The number of keys held by the in-memory backend (or the local fallback of the
@@ -442,13 +446,24 @@ impl RateLimitBuilder {
             }
             policies.push(p.compile(i, divisor)?);
         }
+        // Each tier: its own compiled policy (own buckets, headers, metrics), reached
+        // only through its base policy.
+        for (base, p) in self.policies.iter().enumerate() {
+            for (tier, tp) in p.tier_policies() {
+                let index = policies.len();
+                let mut compiled = tp.compile(index, divisor)?;
+                compiled.tier_of = Some(base);
+                policies.push(compiled);
+                policies[base].tiers.push((tier.into(), index));
+            }
+        }
         for (name, entry) in &self.allow {
             let net = parse_allow(entry)?;
             match name {
                 None => policies.iter_mut().for_each(|c| c.allow.push(net)),
                 Some(name) => policies
                     .iter_mut()
-                    .find(|c| &*c.name == name)
+                    .find(|c| &*c.name == name && c.tier_of.is_none())
                     .ok_or_else(|| {
                         ConfigError::new(format!(
                             "rate-limit allowlist names policy `{name}`, which is not configured: \
@@ -471,6 +486,12 @@ impl RateLimitBuilder {
         };
         #[cfg(not(feature = "redis"))]
         let backend = Backend::Memory(self.memory.build());
+        // A policy's allowlist holds for its tiers.
+        for i in 0..policies.len() {
+            if let Some(base) = policies[i].tier_of {
+                policies[i].allow = policies[base].allow.clone();
+            }
+        }
         let counted = policies.iter().any(|p| p.count_if.is_some());
         match &backend {
             Backend::Memory(m) => m.set_windows(policies.iter().map(|p| &*p.windows)),
@@ -588,6 +609,9 @@ impl Limiter {
         let mut deferred: Vec<(usize, Subject)> = Vec::new();
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
             let info = info.get_or_insert_with(|| self.info(req));
+            let Some(policy) = self.tier(policy, info) else {
+                continue;
+            };
             let subject = match self.subject(policy, info) {
                 Ok(Some(subject)) => subject,
                 Ok(None) => continue,
@@ -636,6 +660,9 @@ impl Limiter {
         let mut info: Option<RequestInfo<'_>> = None;
         for policy in self.policies.iter().filter(|p| p.applies(method, path)) {
             let info = info.get_or_insert_with(|| self.info(req));
+            let Some(policy) = self.tier(policy, info) else {
+                continue;
+            };
             let subject = match self.subject(policy, info) {
                 Ok(Some(subject)) => subject,
                 Ok(None) => continue,
@@ -666,6 +693,24 @@ impl Limiter {
         let mut checked = Checks::new(false);
         let reject = Self::record(policy, outcome, || Self::is_grpc(req), &mut checked)?;
         Some(Plan::Reject(Box::new(self.reject(reject, &checked))))
+    }
+
+    /// The policy that decides `info` for `policy`: itself, or the tier its
+    /// [`Policy::tiers`] selector names; `None` when the selector leaves the request
+    /// unlimited.
+    #[inline]
+    fn tier<'p>(&'p self, policy: &'p Compiled, info: &RequestInfo<'_>) -> Option<&'p Compiled> {
+        let Some(select) = &policy.tier_fn else {
+            return Some(policy);
+        };
+        let name = select(info)?;
+        Some(
+            policy
+                .tiers
+                .iter()
+                .find(|(tier, _)| &**tier == name)
+                .map_or(policy, |(_, i)| &self.policies[*i]),
+        )
     }
 
     /// The subject of a request for `policy` after the allowlist and the missing-peer

@@ -66,7 +66,7 @@ pub use config::{KeyConfig, PolicyConfig, RateLimitConfig, Rates};
 pub use gcra::{Clock, ManualClock};
 pub use layer::{Decision, RateLimitBuilder, RateLimitLayer, UnknownPolicy};
 pub use pattern::PathPattern;
-pub use policy::{Anonymous, CountIf, Key, KeyFn, MissingPeer, Policy, RequestInfo};
+pub use policy::{Anonymous, CountIf, Key, KeyFn, MissingPeer, Policy, RequestInfo, TierFn};
 pub use quota::Quota;
 pub use response::{DefaultRejection, HeaderStyle, OnRejection, Rejection, RejectionKind};
 pub use service::{RateLimit, ResponseFuture};

@@ -217,7 +217,13 @@ pub struct Policy {
     shadow: bool,
     anonymous: Anonymous,
     count_if: Option<CountIf>,
+    tiers: Vec<(String, Quota)>,
+    tier_fn: Option<TierFn>,
 }
+
+/// Which tier of a [`Policy::tiers`] policy a request belongs to; `None`: the policy
+/// does not limit it.
+pub type TierFn = Arc<dyn for<'r> Fn(&'r RequestInfo<'_>) -> Option<&'r str> + Send + Sync>;
 
 /// Which responses a [`Policy::count_if`] policy counts.
 pub type CountIf = Arc<dyn Fn(http::StatusCode) -> bool + Send + Sync>;
@@ -234,6 +240,7 @@ impl fmt::Debug for Policy {
             .field("shadow", &self.shadow)
             .field("anonymous", &self.anonymous)
             .field("count_if", &self.count_if.is_some())
+            .field("tiers", &self.tiers)
             .finish()
     }
 }
@@ -251,7 +258,48 @@ impl Policy {
             shadow: false,
             anonymous: Anonymous::ClientIp,
             count_if: None,
+            tiers: Vec::new(),
+            tier_fn: None,
         }
+    }
+
+    /// Quotas per request: plans, tenant tiers. `tiers` names each tier's quota and
+    /// `select` picks the tier of a request (from its extensions: the user's plan, the
+    /// tenant's tier); `None` means this policy does not limit the request, and a name
+    /// that is not a tier gets the policy's own quota (the one given to
+    /// [`new`](Self::new)).
+    ///
+    /// Each tier counts in buckets of its own (named `policy.tier` in keys, headers and
+    /// metrics), so a plan change never mixes counts, and the set of quotas is fixed at
+    /// build time: a request can choose among them, never invent one. Same on both
+    /// backends. By default, a policy has one quota for every request.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Key, Policy, Quota, RateLimitLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct Plan(&'static str);
+    ///
+    /// let api = Policy::new("api", Quota::per_hour(100))
+    ///     .key(Key::User)
+    ///     .tiers(
+    ///         [("free", Quota::per_hour(100)), ("pro", Quota::per_hour(10_000))],
+    ///         |req| req.extensions().get::<Plan>().map(|p| p.0),
+    ///     );
+    /// let layer = RateLimitLayer::builder().policy(api).build().unwrap();
+    /// assert_eq!(layer.policy_names().collect::<Vec<_>>(), ["api"]);
+    /// ```
+    pub fn tiers<I, N, F>(mut self, tiers: I, select: F) -> Self
+    where
+        I: IntoIterator<Item = (N, Quota)>,
+        N: Into<String>,
+        F: for<'r> Fn(&'r RequestInfo<'_>) -> Option<&'r str> + Send + Sync + 'static,
+    {
+        self.tiers = tiers.into_iter().map(|(n, q)| (n.into(), q)).collect();
+        self.tier_fn = Some(Arc::new(select));
+        self
     }
 
     /// Counting by outcome: a request is admitted while the bucket has room, and only
@@ -352,6 +400,19 @@ impl Policy {
         self
     }
 
+    /// The policy each tier compiles to: this policy with the tier's quota, named
+    /// `policy.tier`.
+    pub(crate) fn tier_policies(&self) -> impl Iterator<Item = (&str, Self)> {
+        self.tiers.iter().map(|(tier, quota)| {
+            let mut p = self.clone();
+            p.name = format!("{}.{tier}", self.name);
+            p.quotas = vec![*quota];
+            p.tiers = Vec::new();
+            p.tier_fn = None;
+            (tier.as_str(), p)
+        })
+    }
+
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -442,6 +503,9 @@ impl Policy {
             policy_header,
             allow: Vec::new(),
             count_if: self.count_if.clone(),
+            tier_fn: self.tier_fn.clone(),
+            tiers: Vec::new(),
+            tier_of: None,
             metric_keys: ["allowed", "rejected", "shadow_rejected"].map(|outcome| {
                 metrics::Key::from_parts(
                     "rampart_rate_limit_decisions_total",
@@ -484,6 +548,11 @@ pub(crate) struct Compiled {
     pub(crate) allow: Vec<ipnet::IpNet>,
     /// Only responses matching it consume (admission is a peek).
     pub(crate) count_if: Option<CountIf>,
+    /// Picks a tier by name among `tiers` (indexes of their compiled policies).
+    pub(crate) tier_fn: Option<TierFn>,
+    pub(crate) tiers: Vec<(Box<str>, usize)>,
+    /// For a tier's own compiled policy: its base policy's index (never matched alone).
+    pub(crate) tier_of: Option<usize>,
     /// `rampart_rate_limit_decisions_total{policy, outcome}` for allowed, rejected, shadow_rejected.
     pub(crate) metric_keys: [metrics::Key; 3],
 }
@@ -515,7 +584,8 @@ pub(crate) enum Subject {
 impl Compiled {
     #[inline]
     pub(crate) fn applies(&self, method: &Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
+        self.tier_of.is_none()
+            && (self.methods.is_empty() || self.methods.contains(method))
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
     }
 

@@ -16,7 +16,7 @@ use crate::{
 };
 
 #[derive(Clone)]
-struct User(&'static str);
+pub(super) struct User(pub(super) &'static str);
 impl UserIdentity for User {
     fn user_id(&self) -> &str {
         self.0
@@ -940,4 +940,72 @@ async fn count_if_is_exact_under_concurrency() {
     assert!(failed.get(&401).copied().unwrap_or(0) >= 5, "{failed:?}");
     let mut svc = failing_service(&layer);
     assert_eq!(status(&mut svc, get("/ok", PEER)).await, 429, "{failed:?}");
+}
+
+#[derive(Clone)]
+pub(super) struct Plan(pub(super) &'static str);
+
+pub(super) fn tiered_policy() -> Policy {
+    Policy::new("api", Quota::per_minute(1))
+        .key(Key::User)
+        .tiers(
+            [
+                ("free", Quota::per_minute(2)),
+                ("pro", Quota::per_minute(4)),
+            ],
+            |req| match req.extensions().get::<Plan>() {
+                Some(Plan("internal")) => None,
+                Some(p) => Some(p.0),
+                None => Some("free"),
+            },
+        )
+}
+
+pub(super) fn as_plan(user: &'static str, plan: &'static str) -> Request<Full<Bytes>> {
+    let mut r = get("/x", PEER);
+    r.extensions_mut().insert(User(user));
+    r.extensions_mut().insert(Plan(plan));
+    r
+}
+
+pub(super) async fn tiers_suite(layer: &RateLimitLayer) {
+    let mut svc = service(layer);
+    for _ in 0..4 {
+        assert_eq!(status(&mut svc, as_plan("alice", "pro")).await, 200);
+    }
+    assert_eq!(status(&mut svc, as_plan("alice", "pro")).await, 429);
+    // A plan change never mixes counts: alice's free bucket is her own.
+    assert_eq!(status(&mut svc, as_plan("alice", "free")).await, 200);
+    assert_eq!(status(&mut svc, as_plan("alice", "free")).await, 200);
+    let refused = send(&mut svc, as_plan("alice", "free")).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.extensions().get::<Rejection>().unwrap().policy(),
+        "api.free"
+    );
+    // An unknown tier gets the policy's own quota; `None` is not limited.
+    assert_eq!(status(&mut svc, as_plan("bob", "gold")).await, 200);
+    assert_eq!(status(&mut svc, as_plan("bob", "gold")).await, 429);
+    for _ in 0..10 {
+        assert_eq!(status(&mut svc, as_plan("carol", "internal")).await, 200);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tiers_give_each_plan_its_quota_and_buckets() {
+    let layer = RateLimitLayer::builder()
+        .policy(tiered_policy())
+        .identity(IdentityReader::new().user::<User>())
+        .build()
+        .unwrap();
+    assert_eq!(layer.policy_names().collect::<Vec<_>>(), ["api"]);
+    tiers_suite(&layer).await;
+    let bad = RateLimitLayer::builder()
+        .policy(
+            Policy::new("api", Quota::per_minute(1))
+                .tiers([("a b", Quota::per_minute(2))], |_| None),
+        )
+        .build()
+        .unwrap_err();
+    assert!(bad.to_string().contains("api.a b"), "{bad}");
 }

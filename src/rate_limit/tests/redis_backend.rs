@@ -819,3 +819,15 @@ async fn count_if_on_redis_counts_only_matching_responses() {
     assert_eq!(status(&mut svc, get("/ok", PEER)).await, 429);
     assert_eq!(status(&mut svc, get("/ok", "192.0.2.78:1")).await, 200);
 }
+
+#[tokio::test]
+async fn tiers_on_redis() {
+    let server = RedisServer::start();
+    let layer = RateLimitLayer::builder()
+        .policy(super::tiered_policy())
+        .identity(crate::identity::IdentityReader::new().user::<super::User>())
+        .redis(backend(&server.url()).await)
+        .build()
+        .unwrap();
+    super::tiers_suite(&layer).await;
+}
