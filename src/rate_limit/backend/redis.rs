@@ -59,12 +59,11 @@ else
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
 end
-local mode = string.byte(ARGV[1], 1)
-local cost
-if mode == 63 or mode == 33 then
+local cost = tonumber(ARGV[1])
+local mode = 0
+if not cost then
+  mode = string.byte(ARGV[1], 1)
   cost = tonumber(string.sub(ARGV[1], 2))
-else
-  cost = tonumber(ARGV[1])
 end
 local out = {1, now}
 for i = 1, #KEYS do
@@ -79,10 +78,11 @@ if (out[1] == 1 and mode ~= 63) or mode == 33 then
   for i = 1, #KEYS do
     local tat = out[i + 2]
     if tat < now then tat = now end
-    local interval = tonumber(ARGV[1 + 2 * i])
-    local used = tat - now + cost * interval
-    local full = tonumber(ARGV[2 + 2 * i]) * interval
-    if used > full then used = full end
+    local used = tat - now + cost * tonumber(ARGV[1 + 2 * i])
+    if mode == 33 then
+      local full = tonumber(ARGV[2 + 2 * i]) * tonumber(ARGV[1 + 2 * i])
+      if used > full then used = full end
+    end
     redis.call('SET', KEYS[i], string.format('%.0f', now + used), 'PX', math.ceil(used / 1000) + 1)
   end
 end
