@@ -43,6 +43,14 @@ mod sealed {
 /// The order of calls is the order of the stack, outermost first, as with
 /// `ServiceBuilder::layer`.
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
+    /// Adds a [`ClientIpLayer`](crate::client_ip::ClientIpLayer): the client address,
+    /// resolved once for every layer below (call it first).
+    #[must_use]
+    fn client_ip(
+        self,
+        layer: crate::client_ip::ClientIpLayer,
+    ) -> ServiceBuilder<Stack<crate::client_ip::ClientIpLayer, L>>;
+
     /// Adds a [`RateLimitLayer`](crate::rate_limit::RateLimitLayer). (Named `limit_rate`
     /// because tower's own `ServiceBuilder::rate_limit` is a different, waiting limiter.)
     #[cfg(feature = "rate-limit")]
@@ -92,6 +100,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    fn client_ip(
+        self,
+        layer: crate::client_ip::ClientIpLayer,
+    ) -> ServiceBuilder<Stack<crate::client_ip::ClientIpLayer, L>> {
+        self.layer(layer)
+    }
+
     #[cfg(feature = "rate-limit")]
     fn limit_rate(
         self,
@@ -159,7 +174,12 @@ mod tests {
             .service(service_fn(|_req: http::Request<String>| async {
                 Ok::<_, Infallible>(http::Response::new(String::new()))
             }));
-        let req = || http::Request::new(String::new());
+        let req = || {
+            http::Request::builder()
+                .extension(crate::client_ip::PeerAddr("203.0.113.1:1".parse().unwrap()))
+                .body(String::new())
+                .unwrap()
+        };
         let first = svc.ready().await.unwrap().call(req()).await.unwrap();
         assert_eq!(first.status(), 200);
         assert_eq!(first.headers()["x-content-type-options"], "nosniff");

@@ -141,25 +141,39 @@ async fn hsts_only_over_https_or_from_a_trusted_proxy() {
     assert!(!hsts(&run(&layer, plain).await));
     // Origin-form URI, no proxy: unknown scheme, no HSTS.
     assert!(!hsts(&run(&layer, Request::new(())).await));
-    for (header, value) in [
-        ("x-forwarded-proto", "https"),
-        ("forwarded", "for=1.2.3.4;proto=https"),
+    let by_forwarded = SecurityHeadersLayer::recommended()
+        .client_ip_resolver(
+            ClientIpResolver::new(TrustedProxies::new(["10.0.0.0/8"]).unwrap())
+                .scheme_source(crate::client_ip::SchemeSource::Forwarded),
+        )
+        .build()
+        .unwrap();
+    for (layer, header, value) in [
+        (&layer, "x-forwarded-proto", "https"),
+        (&by_forwarded, "forwarded", "for=1.2.3.4;proto=https"),
     ] {
-        // A trusted proxy says https.
+        // A trusted proxy says https, in the configured source.
         let req = Request::builder()
             .header(header, value)
             .extension(PeerAddr("10.1.2.3:5000".parse().unwrap()))
             .body(())
             .unwrap();
-        assert!(hsts(&run(&layer, req).await), "{header}");
+        assert!(hsts(&run(layer, req).await), "{header}");
         // An untrusted peer spoofing the same header.
         let req = Request::builder()
             .header(header, value)
             .extension(PeerAddr("198.51.100.7:5000".parse().unwrap()))
             .body(())
             .unwrap();
-        assert!(!hsts(&run(&layer, req).await), "{header} spoofed");
+        assert!(!hsts(&run(layer, req).await), "{header} spoofed");
     }
+    // A header other than the configured source is never read.
+    let req = Request::builder()
+        .header("forwarded", "proto=https")
+        .extension(PeerAddr("10.1.2.3:5000".parse().unwrap()))
+        .body(())
+        .unwrap();
+    assert!(!hsts(&run(&layer, req).await), "not the configured source");
     // A trusted proxy saying http over an https URI: http wins.
     let req = Request::get("http://example.com/")
         .header("x-forwarded-proto", "http")
