@@ -539,3 +539,8 @@ async fn slow_requests_time_out_with_json_408() {
     let v = res.error(408);
     assert!(v["detail"].as_str().unwrap().contains("too long"));
 }
+
+#[tokio::test]
+async fn ledger_sums_cannot_overflow_on_sqlite() {
+    common::overflow_suite(&TestApp::sqlite().await).await;
+}

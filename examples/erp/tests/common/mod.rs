@@ -654,3 +654,102 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Issue 18's attack on the ledger: entries of 250 debit lines of 10^15 minor units
+/// each (inside the per-line and per-entry limits), posted until the sums would pass
+/// `i64::MAX`. Every post is 201 or a 422 naming the field; the trial balance and the
+/// dashboard keep answering 200 with exact figures.
+pub async fn overflow_suite(t: &TestApp) {
+    use rampart_erp::ledger::{MAX_ACCOUNT_TOTAL, MAX_AMOUNT, MAX_TENANT_TOTAL};
+    let tok = t.token("acme", "user").await;
+    let admin = t.token("acme", "admin").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    let entry = |debits: &[String], credits: &[String]| {
+        let mut lines = Vec::new();
+        for i in 0..250 {
+            lines.push(json!({"account_id": debits[i % debits.len()], "debit": MAX_AMOUNT}));
+        }
+        for i in 0..250 {
+            lines.push(json!({"account_id": credits[i % credits.len()], "credit": MAX_AMOUNT}));
+        }
+        json!({"date": "2026-05-01", "description": "Attack", "lines": lines})
+    };
+    let per_entry = 250 * i128::from(MAX_AMOUNT);
+    let mut posted: i128 = 0;
+    // One account per side: its ceiling stops the fifth entry.
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let res = t
+            .post(
+                "/api/v1/journal-entries",
+                &tok,
+                entry(&[cash.clone()], &[sales.clone()]),
+            )
+            .await;
+        if res.status == 201 {
+            posted += per_entry;
+        } else {
+            refused.push(res.error(422));
+        }
+    }
+    assert_eq!(posted, i128::from(MAX_ACCOUNT_TOTAL), "{refused:?}");
+    assert_eq!(refused.len(), 1);
+    // Accounts are raised in id order: either side's first line is named.
+    assert!(
+        ["lines[0].debit", "lines[250].credit"].contains(&refused[0]["field"].as_str().unwrap()),
+        "{}",
+        refused[0]
+    );
+    // Eight accounts per side: the tenant's ceiling stops the rest of 40 entries.
+    let mut debits = Vec::new();
+    let mut credits = Vec::new();
+    for i in 0..16 {
+        let res = t
+            .post(
+                "/api/v1/accounts",
+                &admin,
+                json!({"code": format!("9{i:03}"), "name": format!("Attack {i}"),
+                       "type": if i < 8 { "asset" } else { "income" }}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        let id = res.json()["id"].as_str().unwrap().to_owned();
+        if i < 8 {
+            debits.push(id)
+        } else {
+            credits.push(id)
+        }
+    }
+    let mut tenant_refusals = 0;
+    for _ in 0..40 {
+        let res = t
+            .post("/api/v1/journal-entries", &tok, entry(&debits, &credits))
+            .await;
+        if res.status == 201 {
+            posted += per_entry;
+        } else {
+            let e = res.error(422);
+            assert_eq!(e["field"], "lines", "{e}");
+            tenant_refusals += 1;
+        }
+    }
+    assert_eq!(posted, i128::from(MAX_TENANT_TOTAL));
+    assert_eq!(tenant_refusals, 40 - 16);
+    let tb = t.get("/api/v1/reports/trial-balance", &tok).await;
+    assert_eq!(tb.status, 200, "{}", tb.text());
+    let tb = tb.json();
+    assert_eq!(tb["total_debit"], MAX_TENANT_TOTAL);
+    assert_eq!(tb["total_credit"], MAX_TENANT_TOTAL);
+    assert_eq!(tb["balanced"], true);
+    let res = t.get("/dashboard/", &tok).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // A refused entry left no row behind.
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM journal_entries WHERE tenant_id = 'acme' AND description = 'Attack'",
+    )
+    .fetch_one(t.state.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(count, 4 + 16);
+}
