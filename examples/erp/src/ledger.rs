@@ -253,9 +253,45 @@ pub fn parse_id(id: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not a valid id (a UUID).")))
 }
 
-/// Control characters (NUL above all, which PostgreSQL rejects) are refused in text.
-fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
+/// Whether text holds a character a reader cannot see: controls (category Cc, NUL above
+/// all, which PostgreSQL rejects), format characters (category Cf: the bidi overrides
+/// and isolates U+202A–U+202E and U+2066–U+2069 that make `Cash\u{202E}evil` read
+/// backwards, zero-width U+200B–U+200F, U+FEFF, the soft hyphen…), line and paragraph
+/// separators, and the Hangul fillers that render as blank letters. Names,
+/// descriptions and memos refuse them (422 naming the field).
+pub fn has_invisible(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() || is_invisible(c))
+}
+
+/// The format characters of Unicode 16 (category Cf) and the other invisible letters.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0x3164
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -339,9 +375,9 @@ pub async fn create_account(db: &Db, tenant: &str, new: &NewAccount) -> Result<A
         )
         .with_field("field", "code"));
     }
-    if name.is_empty() || name.chars().count() > 200 || has_control(name) {
+    if name.is_empty() || name.chars().count() > 200 || has_invisible(name) {
         return Err(ApiError::validation(
-            "name must be 1-200 characters, without control characters.",
+            "name must be 1-200 characters, without control or invisible format characters (such as bidi overrides or zero-width spaces).",
         )
         .with_field("field", "name"));
     }
@@ -382,10 +418,10 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
         ));
     }
     let desc = e.description.trim();
-    if desc.is_empty() || desc.chars().count() > 500 || has_control(desc) {
+    if desc.is_empty() || desc.chars().count() > 500 || has_invisible(desc) {
         return Err(invalid(
             "description".into(),
-            "description must be 1-500 characters, without control characters.".into(),
+            "description must be 1-500 characters, without control or invisible format characters (such as bidi overrides or zero-width spaces).".into(),
         ));
     }
     if e.lines.len() < 2 {
@@ -429,11 +465,11 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
         }
         if l.memo
             .as_ref()
-            .is_some_and(|m| m.chars().count() > 500 || has_control(m))
+            .is_some_and(|m| m.chars().count() > 500 || has_invisible(m))
         {
             return Err(invalid(
                 f("memo"),
-                "memo is at most 500 characters, without control characters.".into(),
+                "memo is at most 500 characters, without control or invisible format characters (such as bidi overrides or zero-width spaces).".into(),
             ));
         }
         // Bounded by MAX_AMOUNT * MAX_LINES, far below i64::MAX.
