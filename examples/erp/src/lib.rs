@@ -394,7 +394,7 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
         router = router.layer(tenant::layer(state.db().clone()).expect("constant strategies"));
     }
     if stack.rate_limit {
-        // 4b. Rate limit: API 100/hour per user, login 5/minute per client IP, admin
+        // 4b. Rate limit: API 100/hour per user, login 5/minute per client IP (form and token endpoint), admin
         //     50/hour per user, health exempt (policies in rampart-erp.toml); after
         //     authentication so per-user policies know the user. 429 JSON. In Redis when
         //     REDIS_URL is set (one truth for every instance).

@@ -71,7 +71,21 @@ impl TestApp {
         self.router = app(self.state.clone());
     }
 
-    pub async fn send(&self, req: Request<Body>) -> Res {
+    pub async fn send(&self, mut req: Request<Body>) -> Res {
+        // Each request without a peer address comes from a client of its own: the login
+        // policy (5/minute per client IP, token endpoint included) would otherwise
+        // count every test's logins in one bucket.
+        if req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .is_none()
+        {
+            let id = uuid::Uuid::new_v4().as_u128();
+            let peer =
+                std::net::SocketAddr::from((std::net::Ipv6Addr::from(id | (0xfd << 120)), 4000));
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         let res = self.router.clone().oneshot(req).await.expect("infallible");
         let status = res.status();
         let headers = res.headers().clone();
