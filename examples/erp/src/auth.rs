@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::{Argon2, PasswordHash};
 use axum::{
     extract::{FromRequestParts, Request, State},
     http::{HeaderMap, HeaderValue, Method, header, request::Parts},
@@ -197,6 +197,83 @@ impl JwtKeys {
     }
 }
 
+/// A bounded pool for password checks: Argon2 at the shipped cost takes about 19 MiB
+/// and a core for each check, so the checks run on `threads` dedicated threads (the
+/// core count), at most `max_waiting` more wait in a queue, each for at most
+/// `max_wait`; beyond that a check is refused with a 503 and `Retry-After` instead of
+/// growing memory without bound. Dedicated threads, not tokio's blocking pool: every
+/// new thread gets its own allocator arena, which keeps an Argon2 buffer after the
+/// check, so the number of threads bounds the memory too.
+#[derive(Debug, Clone)]
+pub struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    max_wait: std::time::Duration,
+}
+
+type Job = (std::time::Instant, Box<dyn FnOnce(bool) + Send>);
+
+impl HashPool {
+    /// `threads` checks at once (at least 1), `max_waiting` queued, each waiting at
+    /// most `max_wait`.
+    pub fn new(threads: usize, max_waiting: usize, max_wait: std::time::Duration) -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(max_waiting);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = Arc::clone(&queue);
+            // A thread that cannot start leaves the others; with none, checks answer 503.
+            let _ = std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        // The pool is gone (every sender dropped): stop.
+                        let Ok((queued, job)) = job else { return };
+                        job(queued.elapsed() <= max_wait);
+                    }
+                });
+        }
+        Self { jobs, max_wait }
+    }
+
+    /// The default: one thread per core, four queued per core, two seconds of wait.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self::new(cores, cores * 4, std::time::Duration::from_secs(2))
+    }
+
+    /// Runs `check` on one of the pool's threads.
+    ///
+    /// # Errors
+    ///
+    /// 503 with `Retry-After` when the queue is full or the check waited too long.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy = || {
+            ApiError::unavailable(
+                "Too many password checks are in progress; retry in a second.",
+                1,
+            )
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce(bool) + Send> = Box::new(move |in_time| {
+            // Too late: the caller has been answered 503 already; skip the work.
+            let _ = tx.send(in_time.then(check));
+        });
+        self.jobs
+            .try_send((std::time::Instant::now(), job))
+            .map_err(|_| busy())?;
+        match tokio::time::timeout(self.max_wait + std::time::Duration::from_secs(30), rx).await {
+            Ok(Ok(Some(v))) => Ok(v),
+            _ => Err(busy()),
+        }
+    }
+}
+
 /// A user whose password was checked.
 #[derive(Debug, Clone)]
 pub struct VerifiedUser {
@@ -211,11 +288,13 @@ pub struct VerifiedUser {
 }
 
 /// Checks a tenant, user name and password against the database (Argon2, in a blocking
-/// thread). Unknown users cost as much as wrong passwords.
+/// thread of the bounded [`HashPool`]). Unknown users cost as much as wrong passwords
+/// (a dummy hash of the same cost is checked).
 ///
 /// # Errors
 ///
-/// Database failure (500); wrong credentials are `Ok(None)`.
+/// Database failure (500), too many checks in progress (503 with `Retry-After`); wrong
+/// credentials are `Ok(None)`.
 pub async fn verify_credentials(
     state: &AppState,
     tenant: &str,
@@ -246,15 +325,10 @@ pub async fn verify_credentials(
         None => (None, state.dummy_hash().to_owned(), String::new()),
     };
     let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
+    let ok = state
+        .hash_pool()
+        .run(move || verify_password(password.as_bytes(), &hash))
+        .await?;
     match (ok, id, Role::parse(&role)) {
         (true, Some(id), Some(role)) => Ok(Some(VerifiedUser {
             id,
@@ -264,6 +338,59 @@ pub async fn verify_credentials(
         })),
         _ => Ok(None),
     }
+}
+
+/// The most Argon2 memory one check may use (stored hashes are ours; this bounds a
+/// corrupted row too): 64 MiB.
+const MAX_HASH_BLOCKS: usize = 64 * 1024;
+
+thread_local! {
+    /// Argon2's working memory, kept by each thread of the [`HashPool`] and reused by
+    /// every check it runs (an allocation of 19 MiB per check would leave a copy in
+    /// each allocator arena).
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks `password` against a PHC string, in the thread's reused memory; the
+/// comparison of the outputs is constant-time.
+fn verify_password(password: &[u8], phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(parsed.algorithm),
+        argon2::Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from) {
+        None => argon2::Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    if params.block_count() > MAX_HASH_BLOCKS {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let hashed = BLOCKS.with_borrow_mut(|blocks| {
+        blocks.resize(params.block_count(), argon2::Block::default());
+        argon.hash_password_into_with_memory(
+            password,
+            salt,
+            &mut out,
+            &mut blocks[..params.block_count()],
+        )
+    });
+    hashed.is_ok()
+        && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 fn principal_from(claims: Claims, method: AuthMethod) -> Option<Principal> {
@@ -453,6 +580,43 @@ mod tests {
         assert_eq!(status(None).await, 401);
         assert_eq!(status(Some(who(Role::User))).await, 403);
         assert_eq!(status(Some(who(Role::Admin))).await, 200);
+    }
+
+    #[test]
+    fn passwords_verify_in_reused_memory() {
+        use crate::config::PasswordCost;
+        for cost in [PasswordCost::Fast, PasswordCost::Default] {
+            let phc = crate::db::hash_password("s3cret", cost).unwrap();
+            assert!(verify_password(b"s3cret", &phc));
+            assert!(!verify_password(b"s3cret!", &phc));
+            assert!(!verify_password(b"", &phc));
+            // The reused memory holds the previous check's blocks: still exact.
+            assert!(verify_password(b"s3cret", &phc));
+        }
+        assert!(!verify_password(b"x", "not a hash"));
+        assert!(!verify_password(
+            b"x",
+            "$argon2id$v=19$m=1048576,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_hash_pool_answers_503_with_retry_after() {
+        let pool = HashPool::new(1, 0, std::time::Duration::from_secs(5));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        // Let the worker reach its queue before the first job.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || wait.recv().is_ok()).await.unwrap() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let refused = pool.run(|| true).await.unwrap_err();
+        assert_eq!(refused.status(), 503);
+        let res = refused.into_response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap());
     }
 
     #[test]
