@@ -137,6 +137,10 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at (Unix seconds).
     pub exp: u64,
+    /// The user's session epoch when issued: a logout or a password change raises it,
+    /// which ends the token.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// The HS256 keys, built once from the configured secret.
@@ -181,6 +185,7 @@ impl JwtKeys {
             aud: aud.to_owned(),
             iat: now,
             exp: now + ttl.as_secs(),
+            epoch: user.epoch,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::internal(&e))
@@ -285,6 +290,8 @@ pub struct VerifiedUser {
     pub tenant: String,
     /// Role.
     pub role: Role,
+    /// Session epoch (see [`Claims::epoch`]).
+    pub epoch: i64,
 }
 
 /// Checks a tenant, user name and password against the database (Argon2, in a blocking
@@ -310,19 +317,20 @@ pub async fn verify_credentials(
         return Ok(None);
     }
     let row = sqlx::query(
-        "SELECT id, password_hash, role FROM users WHERE tenant_id = $1 AND username = $2",
+        "SELECT id, password_hash, role, session_epoch FROM users WHERE tenant_id = $1 AND username = $2",
     )
     .bind(tenant)
     .bind(username)
     .fetch_optional(state.db().pool())
     .await?;
-    let (id, hash, role) = match &row {
+    let (id, hash, role, epoch) = match &row {
         Some(r) => (
             Some(r.try_get::<String, _>("id")?),
             r.try_get::<String, _>("password_hash")?,
             r.try_get::<String, _>("role")?,
+            r.try_get::<i64, _>("session_epoch")?,
         ),
-        None => (None, state.dummy_hash().to_owned(), String::new()),
+        None => (None, state.dummy_hash().to_owned(), String::new(), 0),
     };
     let password = password.to_owned();
     let ok = state
@@ -335,6 +343,7 @@ pub async fn verify_credentials(
             username: username.to_owned(),
             tenant: tenant.to_owned(),
             role,
+            epoch,
         })),
         _ => Ok(None),
     }
@@ -391,6 +400,94 @@ fn verify_password(password: &[u8], phc: &str) -> bool {
     });
     hashed.is_ok()
         && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
+}
+
+/// Sets a user's password (Argon2 at the configured cost, in the [`HashPool`]) and
+/// ends every session and token of the user, on every instance, in the same statement.
+///
+/// # Errors
+///
+/// No such user (404), too many password checks in progress (503), database failure.
+pub async fn set_password(
+    state: &AppState,
+    tenant: &str,
+    user_id: &str,
+    password: &str,
+) -> Result<(), ApiError> {
+    let cost = state.config().password_cost;
+    let password = password.to_owned();
+    let hash = state
+        .hash_pool()
+        .run(move || crate::db::hash_password(&password, cost))
+        .await?
+        .map_err(|e| ApiError::internal(&e))?;
+    let changed = sqlx::query(
+        "UPDATE users SET password_hash = $1, session_epoch = session_epoch + 1
+         WHERE tenant_id = $2 AND id = $3",
+    )
+    .bind(hash)
+    .bind(tenant)
+    .bind(user_id)
+    .execute(state.db().pool())
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(ApiError::not_found("No such user."));
+    }
+    Ok(())
+}
+
+/// Ends every session and token of a user, on every instance (raises the user's
+/// session epoch, which each request checks).
+///
+/// # Errors
+///
+/// Database failure.
+pub async fn end_sessions(state: &AppState, tenant: &str, user_id: &str) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE users SET session_epoch = session_epoch + 1 WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(user_id)
+    .execute(state.db().pool())
+    .await?;
+    Ok(())
+}
+
+/// Whether the claims' session epoch is still the user's (not ended by a logout or a
+/// password change since they were issued).
+async fn epoch_is_current(state: &AppState, claims: &Claims) -> Result<bool, sqlx::Error> {
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT session_epoch FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(&claims.tenant)
+            .bind(&claims.sub)
+            .fetch_optional(state.db().pool())
+            .await?;
+    Ok(epoch == Some(claims.epoch))
+}
+
+/// Whether the session cookie should carry `Secure`: always with
+/// `RAMPART_SECURE_COOKIES` / `server.secure_cookies`, and for a request that came over
+/// HTTPS (its scheme as [`ClientIpResolver::scheme`] reads it: the forwarded protocol
+/// is believed from trusted proxies only).
+///
+/// [`ClientIpResolver::scheme`]: tower_rampart::client_ip::ClientIpResolver::scheme
+pub fn secure_cookie(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
+    if state.config().secure_cookies {
+        return true;
+    }
+    let mut req = axum::http::Request::new(());
+    *req.headers_mut() = headers.clone();
+    if let Some(peer) = peer {
+        req.extensions_mut()
+            .insert(tower_rampart::client_ip::PeerAddr(peer));
+    }
+    tower_rampart::client_ip::ClientIpResolver::new(state.config().trusted()).scheme(&req)
+        == Some("https")
 }
 
 fn principal_from(claims: Claims, method: AuthMethod) -> Option<Principal> {
@@ -484,11 +581,15 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         let Some(token) = token else {
             return bearer_error("The Authorization header must be `Bearer <token>`.");
         };
-        match state
-            .jwt()
-            .verify(token, "api")
-            .and_then(|c| principal_from(c, AuthMethod::Bearer))
-        {
+        let claims = match state.jwt().verify(token, "api") {
+            Some(c) => match epoch_is_current(&state, &c).await {
+                Ok(true) => Some(c),
+                Ok(false) => None,
+                Err(e) => return ApiError::from(e).into_response(),
+            },
+            None => None,
+        };
+        match claims.and_then(|c| principal_from(c, AuthMethod::Bearer)) {
             Some(p) => Some(p),
             None => {
                 return bearer_error(
@@ -497,10 +598,17 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             }
         }
     } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
-        let p = state
-            .jwt()
-            .verify(token, "session")
-            .and_then(|c| principal_from(c, AuthMethod::Session));
+        let claims = match state.jwt().verify(token, "session") {
+            Some(c) => match epoch_is_current(&state, &c).await {
+                Ok(true) => Some(c),
+                // Ended by a logout or a password change: anonymous.
+                Ok(false) => None,
+                Err(e) => return ApiError::from(e).into_response(),
+            },
+            None => None,
+        };
+        let headers = req.headers();
+        let p = claims.and_then(|c| principal_from(c, AuthMethod::Session));
         if p.is_some() && is_unsafe(req.method()) && !same_origin(headers) {
             return ApiError::forbidden(
                 "Cross-origin request refused (CSRF protection): the session cookie is only accepted from this site's own pages.",
@@ -671,6 +779,7 @@ mod tests {
             username: "admin".into(),
             tenant: "acme".into(),
             role: Role::Admin,
+            epoch: 0,
         };
         let t = keys
             .issue(&user, "api", std::time::Duration::from_secs(60))

@@ -17,6 +17,7 @@
 //! | demo password | | `RAMPART_DEMO_PASSWORD` | | generated and printed once |
 //! | JSON logs | `--json-logs` | `RAMPART_JSON_LOGS=1` | `logging.json` | off |
 //! | password hashing cost | | `RAMPART_PASSWORD_COST` (`default`, or `fast` for tests only) | | `default` |
+//! | `Secure` session cookies | | `RAMPART_SECURE_COOKIES=1` | `server.secure_cookies` | off (on by itself for a request that came over HTTPS through a trusted proxy) |
 //!
 //! The sections `[rate_limit]`, `[security_headers]`, `[cache]`, `[tenant]` and
 //! `[profiler]` of the TOML file are kept as raw tables in [`LayerSections`] for the
@@ -508,7 +509,10 @@ impl Config {
             )?,
             body_limit_bytes,
             min_free_disk_bytes: file.health.min_free_disk_mb.unwrap_or(100) * 1024 * 1024,
-            secure_cookies: file.server.secure_cookies.unwrap_or(false),
+            secure_cookies: match env("RAMPART_SECURE_COOKIES") {
+                Some(v) => matches!(v.trim(), "1" | "true" | "yes"),
+                None => file.server.secure_cookies.unwrap_or(false),
+            },
             password_cost: match env("RAMPART_PASSWORD_COST").as_deref().map(str::trim) {
                 None | Some("default") => PasswordCost::Default,
                 Some("fast") => PasswordCost::Fast,
@@ -635,6 +639,24 @@ mod tests {
         assert_eq!(c.jwt_secret.len(), 64);
         assert!(c.redis_url.is_none());
         assert!(!format!("{c:?}").contains(&c.jwt_secret));
+    }
+
+    #[test]
+    fn secure_cookies_by_env() {
+        let on = Config::from_parts(
+            &CliArgs::default(),
+            &env_of(&[("RAMPART_SECURE_COOKIES", "1")]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert!(on.secure_cookies);
+        let off = Config::from_parts(
+            &CliArgs::default(),
+            &env_of(&[("RAMPART_SECURE_COOKIES", "0")]),
+            Config::parse_file("[server]\nsecure_cookies = true\n").unwrap(),
+        )
+        .unwrap();
+        assert!(!off.secure_cookies, "the environment overrides the file");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger ceilings",
         include_str!("../migrations/0002_ledger_ceilings.sql"),
     ),
+    (
+        3,
+        "session epoch",
+        include_str!("../migrations/0003_session_epoch.sql"),
+    ),
 ];
 
 /// Which database the pool talks to.

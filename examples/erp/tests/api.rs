@@ -140,6 +140,7 @@ async fn authentication_errors() {
         username: "admin".into(),
         tenant: "acme".into(),
         role: rampart_erp::auth::Role::Admin,
+        epoch: 0,
     };
     let session = t
         .state

@@ -21,7 +21,7 @@ async fn data_layer_and_api_on_postgres() {
             // Migrations are idempotent, and the seed runs once.
             let db = Db::connect(&url).await.expect("connect");
             assert_eq!(db.backend(), rampart_erp::db::Backend::Postgres);
-            assert_eq!(db.migrate().await.unwrap(), 2);
+            assert_eq!(db.migrate().await.unwrap(), 3);
             assert_eq!(db.migrate().await.unwrap(), 0);
             assert!(
                 db.seed(None, rampart_erp::config::PasswordCost::Fast)
