@@ -351,10 +351,15 @@ pub async fn create_entry(
     let fp = idempotency::fingerprint("POST", "/api/v1/journal-entries", &body.raw);
     let st = state.clone();
     let principal = p.clone();
-    idempotency::run(&state, &p, key, fp, || async move {
-        let entry =
-            ledger::create_entry(st.db(), &principal.tenant, &principal.user_id, &body.value)
-                .await?;
+    idempotency::run(&state, &p, key, fp, |claim| async move {
+        let entry = ledger::create_entry(
+            st.db(),
+            &principal.tenant,
+            &principal.user_id,
+            &body.value,
+            claim.as_ref(),
+        )
+        .await?;
         st.entry_posted(&principal.tenant).await;
         Ok((StatusCode::CREATED, to_value(&entry)?))
     })
@@ -410,13 +415,14 @@ pub async fn reverse_entry(
     );
     let st = state.clone();
     let principal = p.clone();
-    idempotency::run(&state, &p, key, fp, || async move {
+    idempotency::run(&state, &p, key, fp, |claim| async move {
         let entry = ledger::reverse_entry(
             st.db(),
             &principal.tenant,
             &principal.user_id,
             &id,
             &body.value,
+            claim.as_ref(),
         )
         .await?;
         st.entry_posted(&principal.tenant).await;

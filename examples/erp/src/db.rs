@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "session epoch",
         include_str!("../migrations/0003_session_epoch.sql"),
     ),
+    (
+        4,
+        "idempotency entry",
+        include_str!("../migrations/0004_idempotency_entry.sql"),
+    ),
 ];
 
 /// Which database the pool talks to.

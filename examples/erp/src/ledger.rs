@@ -19,7 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     db::{Db, is_valid_date, new_id, now_rfc3339},
     error::ApiError,
+    idempotency::Claim,
 };
+use axum::http;
 
 /// The largest amount of one line, in minor units (10^15: sums of many lines stay far
 /// from `i64::MAX`).
@@ -490,16 +492,19 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
     Ok(debits)
 }
 
-/// Posts an entry atomically.
+/// Posts an entry atomically; with an `Idempotency-Key` claim, the key is marked done
+/// in the same transaction.
 ///
 /// # Errors
 ///
-/// A broken rule or an account of another tenant (422), database failure.
+/// A broken rule, an account of another tenant or a ceiling passed (422), the claim
+/// taken over (409, nothing posted), database failure.
 pub async fn create_entry(
     db: &Db,
     tenant: &str,
     user_id: &str,
     new: &NewEntry,
+    claim: Option<&Claim>,
 ) -> Result<Entry, ApiError> {
     validate_entry(new)?;
     let mut tx = db.pool().begin().await?;
@@ -527,6 +532,11 @@ pub async fn create_entry(
             l.memo.as_deref(),
         )
         .await?;
+    }
+    if let Some(claim) = claim {
+        claim
+            .complete(&mut tx, http::StatusCode::CREATED, &id)
+            .await?;
     }
     tx.commit().await?;
     metrics::counter!("erp_journal_entries_posted_total").increment(1);
@@ -810,6 +820,7 @@ pub async fn reverse_entry(
     user_id: &str,
     id: &str,
     req: &ReverseRequest,
+    claim: Option<&Claim>,
 ) -> Result<Entry, ApiError> {
     let original = get_entry(db, tenant, id).await?;
     if original.reversed_by.is_some() {
@@ -872,6 +883,11 @@ pub async fn reverse_entry(
             l.memo.as_deref(),
         )
         .await?;
+    }
+    if let Some(claim) = claim {
+        claim
+            .complete(&mut tx, http::StatusCode::CREATED, &new_id)
+            .await?;
     }
     tx.commit().await?;
     metrics::counter!("erp_journal_entries_posted_total").increment(1);

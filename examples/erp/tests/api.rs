@@ -595,3 +595,8 @@ async fn invisible_characters_are_refused_naming_the_field() {
         .await;
     assert_eq!(res.status, 201, "{}", res.text());
 }
+
+#[tokio::test]
+async fn idempotency_survives_crashes_on_sqlite() {
+    common::idempotency_crash_suite(&TestApp::sqlite().await).await;
+}

@@ -82,7 +82,7 @@ async fn check(db: &Db, case: &[Pairs]) -> Result<(), TestCaseError> {
             description: "p".into(),
             lines,
         };
-        match ledger::create_entry(db, &tenant, "u", &entry).await {
+        match ledger::create_entry(db, &tenant, "u", &entry, None).await {
             Ok(_) => {
                 prop_assert!(fits, "accepted past a ceiling");
                 model = next;

@@ -21,7 +21,7 @@ async fn data_layer_and_api_on_postgres() {
             // Migrations are idempotent, and the seed runs once.
             let db = Db::connect(&url).await.expect("connect");
             assert_eq!(db.backend(), rampart_erp::db::Backend::Postgres);
-            assert_eq!(db.migrate().await.unwrap(), 3);
+            assert_eq!(db.migrate().await.unwrap(), 4);
             assert_eq!(db.migrate().await.unwrap(), 0);
             assert!(
                 db.seed(None, rampart_erp::config::PasswordCost::Fast)
@@ -76,7 +76,7 @@ async fn data_layer_and_api_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ledger_sums_cannot_overflow_on_postgres() {
+async fn ledger_sums_and_idempotency_crashes_on_postgres() {
     let Some(tmp) = TempDatabase::create().await else {
         return;
     };
@@ -84,6 +84,7 @@ async fn ledger_sums_cannot_overflow_on_postgres() {
         let url = tmp.url.clone();
         async move {
             let t = TestApp::with_config(Config::for_tests(url)).await;
+            common::idempotency_crash_suite(&t).await;
             common::overflow_suite(&t).await;
             t.state.db().close().await;
         }

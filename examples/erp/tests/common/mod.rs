@@ -767,3 +767,114 @@ pub async fn overflow_suite(t: &TestApp) {
     .unwrap();
     assert_eq!(count, 4 + 16);
 }
+
+/// `Idempotency-Key` across crashes: a failure injected at each step of a keyed post
+/// (before the commit, between the commit and the stored response, a stalled worker
+/// whose key was taken over) never lets a retry post twice; expired keys are purged.
+pub async fn idempotency_crash_suite(t: &TestApp) {
+    use rampart_erp::{idempotency, ledger};
+    let tok = t.token("globex", "user").await;
+    let me = t.get("/api/v1/users/me", &tok).await.json();
+    let user = me["id"].as_str().unwrap().to_owned();
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    let db = t.state.db();
+    let body = |desc: &str| {
+        json!({"date": "2026-07-01", "description": desc, "lines": [
+            {"account_id": cash, "debit": 9}, {"account_id": sales, "credit": 9}]})
+    };
+    let fp = |b: &Value| idempotency::fingerprint("POST", "/api/v1/journal-entries", b);
+    let claim_row = |key: &'static str, b: Value, created_at: String| {
+        let user = user.clone();
+        async move {
+            sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, user_id, idem_key, fingerprint, state, created_at)
+             VALUES ('globex', $1, $2, $3, 'in_flight', $4)",
+        )
+        .bind(&user)
+        .bind(key)
+        .bind(fp(&b))
+        .bind(&created_at)
+        .execute(t.state.db().pool())
+        .await
+        .unwrap();
+            idempotency::Claim::new("globex", &user, key, &created_at)
+        }
+    };
+    let retry = |key: &'static str, b: Value| {
+        Request::post("/api/v1/journal-entries")
+            .header("authorization", format!("Bearer {tok}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(b.to_string()))
+            .unwrap()
+    };
+    let count = |desc: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM journal_entries WHERE tenant_id = 'globex' AND description = $1",
+        )
+        .bind(desc)
+        .fetch_one(t.state.db().pool())
+        .await
+        .unwrap()
+    };
+    let new_entry = |b: &Value| serde_json::from_value::<ledger::NewEntry>(b.clone()).unwrap();
+
+    // 1. The process stops after the entry's commit, before the response is stored:
+    //    the retry replays (rebuilt from the entry), nothing new is posted.
+    let b = body("crash-after-commit");
+    let claim = claim_row("k-after", b.clone(), rampart_erp::db::now_rfc3339()).await;
+    let posted = ledger::create_entry(db, "globex", &user, &new_entry(&b), Some(&claim))
+        .await
+        .unwrap();
+    let res = t.send(retry("k-after", b.clone())).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(res.headers["idempotent-replayed"], "true");
+    assert_eq!(res.json()["id"], posted.id.as_str());
+    assert_eq!(count("crash-after-commit").await, 1);
+
+    // 2. The process stops before the commit: nothing was posted; once the key is
+    //    stale, the retry takes it over and posts exactly once.
+    let b = body("crash-before-commit");
+    claim_row("k-before", b.clone(), "2000-01-01T00:00:00.000000Z".into()).await;
+    let res = t.send(retry("k-before", b.clone())).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(t.send(retry("k-before", b.clone())).await.status, 201);
+    assert_eq!(count("crash-before-commit").await, 1);
+
+    // 3. A worker that stalled past the takeover finishes late: its claim is gone, its
+    //    entry rolled back (409), the retry's entry is the only one.
+    let b = body("stalled-worker");
+    let stale = claim_row("k-stall", b.clone(), "2000-01-01T00:00:00.000000Z".into()).await;
+    assert_eq!(t.send(retry("k-stall", b.clone())).await.status, 201);
+    let late = ledger::create_entry(db, "globex", &user, &new_entry(&b), Some(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(late.status(), 409);
+    assert_eq!(count("stalled-worker").await, 1);
+
+    // 4. Expiry: an expired key is purged, and reusing it is a new request.
+    let b = body("expired-key");
+    let first = t.send(retry("k-old", b.clone())).await;
+    assert_eq!(first.status, 201);
+    sqlx::query("UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE idem_key = 'k-old'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let again = t.send(retry("k-old", b.clone())).await;
+    assert_eq!(again.status, 201);
+    assert!(!again.headers.contains_key("idempotent-replayed"));
+    sqlx::query("UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let purged = idempotency::purge_expired(db, std::time::Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert!(purged >= 4, "{purged}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
