@@ -33,7 +33,7 @@ async fn parallel_wrong_logins_stay_within_150_mib() {
         Request::post("/api/v1/auth/token")
             .header("content-type", "application/json")
             .body(Body::from(
-                json!({"tenant": "acme", "username": if i % 2 == 0 { "user" } else { "nobody" }, "password": "wrong"})
+                json!({"tenant": "acme", "username": if i.is_multiple_of(2) { "user" } else { "nobody" }, "password": "wrong"})
                     .to_string(),
             ))
             .unwrap()

@@ -269,15 +269,15 @@ async fn the_token_endpoint_shares_the_login_policy_with_the_form() {
     // Five guesses through either route, then the sixth is refused on both.
     let ip = "198.51.100.20";
     let mut bodies = Vec::new();
-    for i in 0..5 {
-        let res = if i % 2 == 0 {
+    for i in 0..5u32 {
+        let res = if i.is_multiple_of(2) {
             t.send(token(ip, if i == 0 { "user" } else { "nobody" }))
                 .await
         } else {
             t.send(form(ip)).await
         };
         assert_ne!(res.status, 429, "attempt {i} is within the quota");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             bodies.push(res.error(401));
         }
     }

@@ -698,7 +698,7 @@ pub async fn overflow_suite(t: &TestApp) {
             .post(
                 "/api/v1/journal-entries",
                 &tok,
-                entry(&[cash.clone()], &[sales.clone()]),
+                entry(std::slice::from_ref(&cash), std::slice::from_ref(&sales)),
             )
             .await;
         if res.status == 201 {
@@ -730,9 +730,9 @@ pub async fn overflow_suite(t: &TestApp) {
         assert_eq!(res.status, 201, "{}", res.text());
         let id = res.json()["id"].as_str().unwrap().to_owned();
         if i < 8 {
-            debits.push(id)
+            debits.push(id);
         } else {
-            credits.push(id)
+            credits.push(id);
         }
     }
     let mut tenant_refusals = 0;
