@@ -454,8 +454,20 @@ pub async fn end_sessions(state: &AppState, tenant: &str, user_id: &str) -> Resu
     Ok(())
 }
 
-/// Whether the claims' session epoch is still the user's (not ended by a logout or a
-/// password change since they were issued).
+/// The claims of a valid token for `aud` whose session epoch is still the user's (not
+/// ended by a logout or a password change since it was issued); `None` otherwise.
+async fn current_claims(
+    state: &AppState,
+    token: &str,
+    aud: &str,
+) -> Result<Option<Claims>, ApiError> {
+    let Some(claims) = state.jwt().verify(token, aud) else {
+        return Ok(None);
+    };
+    Ok(epoch_is_current(state, &claims).await?.then_some(claims))
+}
+
+/// Whether the claims' session epoch is still the user's.
 async fn epoch_is_current(state: &AppState, claims: &Claims) -> Result<bool, sqlx::Error> {
     let epoch: Option<i64> =
         sqlx::query_scalar("SELECT session_epoch FROM users WHERE tenant_id = $1 AND id = $2")
@@ -581,13 +593,9 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         let Some(token) = token else {
             return bearer_error("The Authorization header must be `Bearer <token>`.");
         };
-        let claims = match state.jwt().verify(token, "api") {
-            Some(c) => match epoch_is_current(&state, &c).await {
-                Ok(true) => Some(c),
-                Ok(false) => None,
-                Err(e) => return ApiError::from(e).into_response(),
-            },
-            None => None,
+        let claims = match current_claims(&state, token, "api").await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
         };
         match claims.and_then(|c| principal_from(c, AuthMethod::Bearer)) {
             Some(p) => Some(p),
@@ -598,14 +606,10 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             }
         }
     } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
-        let claims = match state.jwt().verify(token, "session") {
-            Some(c) => match epoch_is_current(&state, &c).await {
-                Ok(true) => Some(c),
-                // Ended by a logout or a password change: anonymous.
-                Ok(false) => None,
-                Err(e) => return ApiError::from(e).into_response(),
-            },
-            None => None,
+        // Ended by a logout or a password change: anonymous.
+        let claims = match current_claims(&state, token, "session").await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
         };
         let headers = req.headers();
         let p = claims.and_then(|c| principal_from(c, AuthMethod::Session));
