@@ -198,8 +198,6 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value, ApiError> {
         (status = 403, description = "Body tenant differs from the request's tenant", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Wrong shape or unknown field", body = ErrorBody),
-        (status = 429, description = "More than 5 login attempts a minute from this client (shared with the login form)", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Too many password checks in progress", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
