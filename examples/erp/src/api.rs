@@ -198,6 +198,8 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value, ApiError> {
         (status = 403, description = "Body tenant differs from the request's tenant", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Wrong shape or unknown field", body = ErrorBody),
+        (status = 503, description = "Too many password checks in progress", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn token(
     State(state): State<AppState>,
@@ -347,10 +349,15 @@ pub async fn create_entry(
     let fp = idempotency::fingerprint("POST", "/api/v1/journal-entries", &body.raw);
     let st = state.clone();
     let principal = p.clone();
-    idempotency::run(&state, &p, key, fp, || async move {
-        let entry =
-            ledger::create_entry(st.db(), &principal.tenant, &principal.user_id, &body.value)
-                .await?;
+    idempotency::run(&state, &p, key, fp, |claim| async move {
+        let entry = ledger::create_entry(
+            st.db(),
+            &principal.tenant,
+            &principal.user_id,
+            &body.value,
+            claim.as_ref(),
+        )
+        .await?;
         st.entry_posted(&principal.tenant).await;
         Ok((StatusCode::CREATED, to_value(&entry)?))
     })
@@ -406,13 +413,14 @@ pub async fn reverse_entry(
     );
     let st = state.clone();
     let principal = p.clone();
-    idempotency::run(&state, &p, key, fp, || async move {
+    idempotency::run(&state, &p, key, fp, |claim| async move {
         let entry = ledger::reverse_entry(
             st.db(),
             &principal.tenant,
             &principal.user_id,
             &id,
             &body.value,
+            claim.as_ref(),
         )
         .await?;
         st.entry_posted(&principal.tenant).await;

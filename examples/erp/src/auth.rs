@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::{Argon2, PasswordHash};
 use axum::{
     extract::{FromRequestParts, Request, State},
     http::{HeaderMap, HeaderValue, Method, header, request::Parts},
@@ -137,6 +137,10 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at (Unix seconds).
     pub exp: u64,
+    /// The user's session epoch when issued: a logout or a password change raises it,
+    /// which ends the token.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// The HS256 keys, built once from the configured secret.
@@ -181,6 +185,7 @@ impl JwtKeys {
             aud: aud.to_owned(),
             iat: now,
             exp: now + ttl.as_secs(),
+            epoch: user.epoch,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::internal(&e))
@@ -197,6 +202,83 @@ impl JwtKeys {
     }
 }
 
+/// A bounded pool for password checks: Argon2 at the shipped cost takes about 19 MiB
+/// and a core for each check, so the checks run on `threads` dedicated threads (the
+/// core count), at most `max_waiting` more wait in a queue, each for at most
+/// `max_wait`; beyond that a check is refused with a 503 and `Retry-After` instead of
+/// growing memory without bound. Dedicated threads, not tokio's blocking pool: every
+/// new thread gets its own allocator arena, which keeps an Argon2 buffer after the
+/// check, so the number of threads bounds the memory too.
+#[derive(Debug, Clone)]
+pub struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    max_wait: std::time::Duration,
+}
+
+type Job = (std::time::Instant, Box<dyn FnOnce(bool) + Send>);
+
+impl HashPool {
+    /// `threads` checks at once (at least 1), `max_waiting` queued, each waiting at
+    /// most `max_wait`.
+    pub fn new(threads: usize, max_waiting: usize, max_wait: std::time::Duration) -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(max_waiting);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = Arc::clone(&queue);
+            // A thread that cannot start leaves the others; with none, checks answer 503.
+            let _ = std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        // The pool is gone (every sender dropped): stop.
+                        let Ok((queued, job)) = job else { return };
+                        job(queued.elapsed() <= max_wait);
+                    }
+                });
+        }
+        Self { jobs, max_wait }
+    }
+
+    /// The default: one thread per core, four queued per core, two seconds of wait.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self::new(cores, cores * 4, std::time::Duration::from_secs(2))
+    }
+
+    /// Runs `check` on one of the pool's threads.
+    ///
+    /// # Errors
+    ///
+    /// 503 with `Retry-After` when the queue is full or the check waited too long.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy = || {
+            ApiError::unavailable(
+                "Too many password checks are in progress; retry in a second.",
+                1,
+            )
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce(bool) + Send> = Box::new(move |in_time| {
+            // Too late: the caller has been answered 503 already; skip the work.
+            let _ = tx.send(in_time.then(check));
+        });
+        self.jobs
+            .try_send((std::time::Instant::now(), job))
+            .map_err(|_| busy())?;
+        match tokio::time::timeout(self.max_wait + std::time::Duration::from_secs(30), rx).await {
+            Ok(Ok(Some(v))) => Ok(v),
+            _ => Err(busy()),
+        }
+    }
+}
+
 /// A user whose password was checked.
 #[derive(Debug, Clone)]
 pub struct VerifiedUser {
@@ -208,14 +290,18 @@ pub struct VerifiedUser {
     pub tenant: String,
     /// Role.
     pub role: Role,
+    /// Session epoch (see [`Claims::epoch`]).
+    pub epoch: i64,
 }
 
 /// Checks a tenant, user name and password against the database (Argon2, in a blocking
-/// thread). Unknown users cost as much as wrong passwords.
+/// thread of the bounded [`HashPool`]). Unknown users cost as much as wrong passwords
+/// (a dummy hash of the same cost is checked).
 ///
 /// # Errors
 ///
-/// Database failure (500); wrong credentials are `Ok(None)`.
+/// Database failure (500), too many checks in progress (503 with `Retry-After`); wrong
+/// credentials are `Ok(None)`.
 pub async fn verify_credentials(
     state: &AppState,
     tenant: &str,
@@ -231,39 +317,189 @@ pub async fn verify_credentials(
         return Ok(None);
     }
     let row = sqlx::query(
-        "SELECT id, password_hash, role FROM users WHERE tenant_id = $1 AND username = $2",
+        "SELECT id, password_hash, role, session_epoch FROM users WHERE tenant_id = $1 AND username = $2",
     )
     .bind(tenant)
     .bind(username)
     .fetch_optional(state.db().pool())
     .await?;
-    let (id, hash, role) = match &row {
+    let (id, hash, role, epoch) = match &row {
         Some(r) => (
             Some(r.try_get::<String, _>("id")?),
             r.try_get::<String, _>("password_hash")?,
             r.try_get::<String, _>("role")?,
+            r.try_get::<i64, _>("session_epoch")?,
         ),
-        None => (None, state.dummy_hash().to_owned(), String::new()),
+        None => (None, state.dummy_hash().to_owned(), String::new(), 0),
     };
     let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
+    let ok = state
+        .hash_pool()
+        .run(move || verify_password(password.as_bytes(), &hash))
+        .await?;
     match (ok, id, Role::parse(&role)) {
         (true, Some(id), Some(role)) => Ok(Some(VerifiedUser {
             id,
             username: username.to_owned(),
             tenant: tenant.to_owned(),
             role,
+            epoch,
         })),
         _ => Ok(None),
     }
+}
+
+/// The most Argon2 memory one check may use (stored hashes are ours; this bounds a
+/// corrupted row too): 64 MiB.
+const MAX_HASH_BLOCKS: usize = 64 * 1024;
+
+thread_local! {
+    /// Argon2's working memory, kept by each thread of the [`HashPool`] and reused by
+    /// every check it runs (an allocation of 19 MiB per check would leave a copy in
+    /// each allocator arena).
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks `password` against a PHC string, in the thread's reused memory; the
+/// comparison of the outputs is constant-time.
+fn verify_password(password: &[u8], phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(parsed.algorithm),
+        argon2::Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from) {
+        None => argon2::Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    if params.block_count() > MAX_HASH_BLOCKS {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let hashed = BLOCKS.with_borrow_mut(|blocks| {
+        blocks.resize(params.block_count(), argon2::Block::default());
+        argon.hash_password_into_with_memory(
+            password,
+            salt,
+            &mut out,
+            &mut blocks[..params.block_count()],
+        )
+    });
+    hashed.is_ok()
+        && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
+}
+
+/// Sets a user's password (Argon2 at the configured cost, in the [`HashPool`]) and
+/// ends every session and token of the user, on every instance, in the same statement.
+///
+/// # Errors
+///
+/// No such user (404), too many password checks in progress (503), database failure.
+pub async fn set_password(
+    state: &AppState,
+    tenant: &str,
+    user_id: &str,
+    password: &str,
+) -> Result<(), ApiError> {
+    let cost = state.config().password_cost;
+    let password = password.to_owned();
+    let hash = state
+        .hash_pool()
+        .run(move || crate::db::hash_password(&password, cost))
+        .await?
+        .map_err(|e| ApiError::internal(&e))?;
+    let changed = sqlx::query(
+        "UPDATE users SET password_hash = $1, session_epoch = session_epoch + 1
+         WHERE tenant_id = $2 AND id = $3",
+    )
+    .bind(hash)
+    .bind(tenant)
+    .bind(user_id)
+    .execute(state.db().pool())
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(ApiError::not_found("No such user."));
+    }
+    Ok(())
+}
+
+/// Ends every session and token of a user, on every instance (raises the user's
+/// session epoch, which each request checks).
+///
+/// # Errors
+///
+/// Database failure.
+pub async fn end_sessions(state: &AppState, tenant: &str, user_id: &str) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE users SET session_epoch = session_epoch + 1 WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(user_id)
+    .execute(state.db().pool())
+    .await?;
+    Ok(())
+}
+
+/// The claims of a valid token for `aud` whose session epoch is still the user's (not
+/// ended by a logout or a password change since it was issued); `None` otherwise.
+async fn current_claims(
+    state: &AppState,
+    token: &str,
+    aud: &str,
+) -> Result<Option<Claims>, ApiError> {
+    let Some(claims) = state.jwt().verify(token, aud) else {
+        return Ok(None);
+    };
+    Ok(epoch_is_current(state, &claims).await?.then_some(claims))
+}
+
+/// Whether the claims' session epoch is still the user's.
+async fn epoch_is_current(state: &AppState, claims: &Claims) -> Result<bool, sqlx::Error> {
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT session_epoch FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(&claims.tenant)
+            .bind(&claims.sub)
+            .fetch_optional(state.db().pool())
+            .await?;
+    Ok(epoch == Some(claims.epoch))
+}
+
+/// Whether the session cookie should carry `Secure`: always with
+/// `RAMPART_SECURE_COOKIES` / `server.secure_cookies`, and for a request that came over
+/// HTTPS (its scheme as [`ClientIpResolver::scheme`] reads it: the forwarded protocol
+/// is believed from trusted proxies only).
+///
+/// [`ClientIpResolver::scheme`]: tower_rampart::client_ip::ClientIpResolver::scheme
+pub fn secure_cookie(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
+    if state.config().secure_cookies {
+        return true;
+    }
+    let mut req = axum::http::Request::new(());
+    *req.headers_mut() = headers.clone();
+    if let Some(peer) = peer {
+        req.extensions_mut()
+            .insert(tower_rampart::client_ip::PeerAddr(peer));
+    }
+    tower_rampart::client_ip::ClientIpResolver::new(state.config().trusted()).scheme(&req)
+        == Some("https")
 }
 
 fn principal_from(claims: Claims, method: AuthMethod) -> Option<Principal> {
@@ -357,11 +593,11 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         let Some(token) = token else {
             return bearer_error("The Authorization header must be `Bearer <token>`.");
         };
-        match state
-            .jwt()
-            .verify(token, "api")
-            .and_then(|c| principal_from(c, AuthMethod::Bearer))
-        {
+        let claims = match current_claims(&state, token, "api").await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+        match claims.and_then(|c| principal_from(c, AuthMethod::Bearer)) {
             Some(p) => Some(p),
             None => {
                 return bearer_error(
@@ -370,10 +606,13 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             }
         }
     } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
-        let p = state
-            .jwt()
-            .verify(token, "session")
-            .and_then(|c| principal_from(c, AuthMethod::Session));
+        // Ended by a logout or a password change: anonymous.
+        let claims = match current_claims(&state, token, "session").await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+        let headers = req.headers();
+        let p = claims.and_then(|c| principal_from(c, AuthMethod::Session));
         if p.is_some() && is_unsafe(req.method()) && !same_origin(headers) {
             return ApiError::forbidden(
                 "Cross-origin request refused (CSRF protection): the session cookie is only accepted from this site's own pages.",
@@ -456,6 +695,43 @@ mod tests {
     }
 
     #[test]
+    fn passwords_verify_in_reused_memory() {
+        use crate::config::PasswordCost;
+        for cost in [PasswordCost::Fast, PasswordCost::Default] {
+            let phc = crate::db::hash_password("s3cret", cost).unwrap();
+            assert!(verify_password(b"s3cret", &phc));
+            assert!(!verify_password(b"s3cret!", &phc));
+            assert!(!verify_password(b"", &phc));
+            // The reused memory holds the previous check's blocks: still exact.
+            assert!(verify_password(b"s3cret", &phc));
+        }
+        assert!(!verify_password(b"x", "not a hash"));
+        assert!(!verify_password(
+            b"x",
+            "$argon2id$v=19$m=1048576,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_hash_pool_answers_503_with_retry_after() {
+        let pool = HashPool::new(1, 0, std::time::Duration::from_secs(5));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        // Let the worker reach its queue before the first job.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || wait.recv().is_ok()).await.unwrap() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let refused = pool.run(|| true).await.unwrap_err();
+        assert_eq!(refused.status(), 503);
+        let res = refused.into_response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap());
+    }
+
+    #[test]
     fn same_origin_rules() {
         assert!(same_origin(&headers(&[])));
         assert!(same_origin(&headers(&[
@@ -507,6 +783,7 @@ mod tests {
             username: "admin".into(),
             tenant: "acme".into(),
             role: Role::Admin,
+            epoch: 0,
         };
         let t = keys
             .issue(&user, "api", std::time::Duration::from_secs(60))

@@ -17,6 +17,8 @@
 //! | demo password | | `RAMPART_DEMO_PASSWORD` | | generated and printed once |
 //! | JSON logs | `--json-logs` | `RAMPART_JSON_LOGS=1` | `logging.json` | off |
 //! | password hashing cost | | `RAMPART_PASSWORD_COST` (`default`, or `fast` for tests only) | | `default` |
+//! | how long idempotency keys are kept | | `RAMPART_IDEMPOTENCY_TTL_SECS` | | 86400 (24 h) |
+//! | `Secure` session cookies | | `RAMPART_SECURE_COOKIES=1` | `server.secure_cookies` | off (on by itself for a request that came over HTTPS through a trusted proxy) |
 //!
 //! The sections `[rate_limit]`, `[security_headers]`, `[cache]`, `[tenant]` and
 //! `[profiler]` of the TOML file are kept as raw tables in [`LayerSections`] for the
@@ -60,6 +62,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered (then purged); 24 hours by default.
+    pub idempotency_ttl: Duration,
     /// Readiness fails when the database's disk has less free space than this.
     pub min_free_disk_bytes: u64,
     /// Adds `Secure` to the session cookie (turn on behind HTTPS).
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Config {
             .field("token_ttl", &self.token_ttl)
             .field("request_timeout", &self.request_timeout)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("idempotency_ttl", &self.idempotency_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -507,8 +512,22 @@ impl Config {
                 "server.request_timeout_secs",
             )?,
             body_limit_bytes,
+            idempotency_ttl: match env("RAMPART_IDEMPOTENCY_TTL_SECS") {
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= 60 => Duration::from_secs(n),
+                    _ => {
+                        return Err(ConfigError::new(format!(
+                            "RAMPART_IDEMPOTENCY_TTL_SECS must be a number of seconds, at least 60, e.g. 86400 (got `{v}`)"
+                        )));
+                    }
+                },
+                None => Duration::from_secs(24 * 3600),
+            },
             min_free_disk_bytes: file.health.min_free_disk_mb.unwrap_or(100) * 1024 * 1024,
-            secure_cookies: file.server.secure_cookies.unwrap_or(false),
+            secure_cookies: match env("RAMPART_SECURE_COOKIES") {
+                Some(v) => matches!(v.trim(), "1" | "true" | "yes"),
+                None => file.server.secure_cookies.unwrap_or(false),
+            },
             password_cost: match env("RAMPART_PASSWORD_COST").as_deref().map(str::trim) {
                 None | Some("default") => PasswordCost::Default,
                 Some("fast") => PasswordCost::Fast,
@@ -635,6 +654,24 @@ mod tests {
         assert_eq!(c.jwt_secret.len(), 64);
         assert!(c.redis_url.is_none());
         assert!(!format!("{c:?}").contains(&c.jwt_secret));
+    }
+
+    #[test]
+    fn secure_cookies_by_env() {
+        let on = Config::from_parts(
+            &CliArgs::default(),
+            &env_of(&[("RAMPART_SECURE_COOKIES", "1")]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert!(on.secure_cookies);
+        let off = Config::from_parts(
+            &CliArgs::default(),
+            &env_of(&[("RAMPART_SECURE_COOKIES", "0")]),
+            Config::parse_file("[server]\nsecure_cookies = true\n").unwrap(),
+        )
+        .unwrap();
+        assert!(!off.secure_cookies, "the environment overrides the file");
     }
 
     #[test]

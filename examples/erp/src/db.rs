@@ -4,7 +4,8 @@
 //! Its limits shape the schema: only `TEXT`, `BIGINT` and nullable variants are used
 //! (ids are UUID strings, dates ISO-8601 strings, amounts `BIGINT` minor units), sums
 //! are cast back to `BIGINT` (PostgreSQL's `SUM(bigint)` is `NUMERIC`, which `any`
-//! cannot decode), and placeholders are `$1, $2, …` (both drivers accept them).
+//! cannot decode) and taken in two halves that cannot overflow (see
+//! [`crate::ledger::trial_balance`]), and placeholders are `$1, $2, …` (both drivers accept them).
 //!
 //! Every table that holds tenant data has a `tenant_id` column, every query filters on
 //! it, and foreign keys include it (`(tenant_id, account_id)` references
@@ -22,11 +23,28 @@ use sqlx::{
 };
 
 /// The embedded migrations, applied in order, each once.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial schema",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "ledger ceilings",
+        include_str!("../migrations/0002_ledger_ceilings.sql"),
+    ),
+    (
+        3,
+        "session epoch",
+        include_str!("../migrations/0003_session_epoch.sql"),
+    ),
+    (
+        4,
+        "idempotency entry",
+        include_str!("../migrations/0004_idempotency_entry.sql"),
+    ),
+];
 
 /// Which database the pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,7 @@ pub struct ErrorBody {
 pub struct ApiError {
     status: StatusCode,
     body: JsonError,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -38,6 +39,7 @@ impl ApiError {
         Self {
             status,
             body: JsonError::new(error, detail),
+            retry_after: None,
         }
     }
 
@@ -54,6 +56,17 @@ impl ApiError {
     /// 403: authenticated but not allowed.
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", detail)
+    }
+
+    /// 503 with `Retry-After: {retry_after_secs}`: the server is busy, try again then.
+    pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            detail,
+        );
+        e.retry_after = Some(retry_after_secs);
+        e
     }
 
     /// 404: no such resource (in this tenant).
@@ -111,7 +124,12 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (parts, bytes) = self.body.into_response(self.status).into_parts();
+        let (mut parts, bytes) = self.body.into_response(self.status).into_parts();
+        if let Some(secs) = self.retry_after {
+            parts
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         Response::from_parts(parts, Body::from(bytes))
     }
 }

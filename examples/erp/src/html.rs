@@ -129,6 +129,7 @@ pub struct LoginForm {
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     tenant: Option<Extension<CurrentTenant>>,
     nonce: Option<Extension<CspNonce>>,
     ApiForm(form): ApiForm<LoginForm>,
@@ -164,19 +165,40 @@ pub async fn login(
     let mut res = Redirect::to("/dashboard/").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        auth::session_cookie(Some(&token), ttl.as_secs(), state.config().secure_cookies),
+        auth::session_cookie(
+            Some(&token),
+            ttl.as_secs(),
+            auth::secure_cookie(&state, &headers, peer.map(|Extension(c)| c.0)),
+        ),
     );
     Ok(res)
 }
 
-/// `POST /accounts/logout/`: clears the session cookie.
-pub async fn logout(State(state): State<AppState>) -> Response {
+/// `POST /accounts/logout/`: ends the user's sessions on every instance (the session
+/// epoch in the database) and clears the cookie.
+///
+/// # Errors
+///
+/// Database failure.
+pub async fn logout(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Result<Response, ApiError> {
+    if let Some(Extension(p)) = principal {
+        auth::end_sessions(&state, &p.tenant, &p.user_id).await?;
+    }
     let mut res = Redirect::to("/accounts/login/").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        auth::session_cookie(None, 0, state.config().secure_cookies),
+        auth::session_cookie(
+            None,
+            0,
+            auth::secure_cookie(&state, &headers, peer.map(|Extension(c)| c.0)),
+        ),
     );
-    res
+    Ok(res)
 }
 
 /// `GET /dashboard/`: recent journal entries, the trial balance and a form that posts

@@ -8,6 +8,18 @@
 //! Server errors are not stored (the key is released so the client can retry), and a
 //! key left in flight by a crashed process is taken over after
 //! [`STALE_AFTER_SECS`].
+//!
+//! Crash safety: the work receives the [`Claim`] and writes the key's completion (state
+//! `done`, status, the entry's id) in the entry's own transaction with
+//! [`Claim::complete`], fenced by the claim's time: a worker whose key was taken over
+//! after it stalled finds its claim gone and rolls its entry back (409). Whatever step
+//! a crash interrupts, a retry therefore posts at most once: before the commit nothing
+//! was posted and the key is taken over; after it the key is done and the response is
+//! replayed (rebuilt from the entry when the body had not been stored yet).
+//!
+//! Keys expire after [`crate::Config::idempotency_ttl`] (24 hours by default): an
+//! expired key is treated as new, and [`purge_expired`] deletes them (the server runs it
+//! every hour).
 
 use axum::{
     Json,
@@ -93,6 +105,79 @@ pub fn fingerprint(method: &str, path: &str, body: &Value) -> String {
     crate::config::hex(&h.finalize())
 }
 
+/// A key claimed by this request: what [`Claim::complete`] needs to mark it done in
+/// the entry's transaction.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    tenant: String,
+    user_id: String,
+    key: String,
+    claimed_at: String,
+}
+
+impl Claim {
+    /// A claim of `key` for a tenant's user, recorded at `claimed_at` (the row's
+    /// `created_at`, the fencing token).
+    pub fn new(tenant: &str, user_id: &str, key: &str, claimed_at: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            user_id: user_id.to_owned(),
+            key: key.to_owned(),
+            claimed_at: claimed_at.to_owned(),
+        }
+    }
+
+    /// Marks the key done with `status` and the posted entry, inside the entry's
+    /// transaction.
+    ///
+    /// # Errors
+    ///
+    /// The claim was taken over (409: the caller must roll back), database failure.
+    pub async fn complete(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        status: StatusCode,
+        entry_id: &str,
+    ) -> Result<(), ApiError> {
+        let done = sqlx::query(
+            "UPDATE idempotency_keys SET state = 'done', status = $1, entry_id = $2
+             WHERE tenant_id = $3 AND user_id = $4 AND idem_key = $5
+               AND state = 'in_flight' AND created_at = $6",
+        )
+        .bind(i64::from(status.as_u16()))
+        .bind(entry_id)
+        .bind(&self.tenant)
+        .bind(&self.user_id)
+        .bind(&self.key)
+        .bind(&self.claimed_at)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Err(ApiError::conflict(
+                "This request's Idempotency-Key was taken over by a retry; nothing was posted by this attempt.",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the keys older than `ttl`; returns how many.
+///
+/// # Errors
+///
+/// Database failure.
+pub async fn purge_expired(db: &crate::Db, ttl: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let cutoff = crate::db::format_unix(crate::db::unix_now().saturating_sub(ttl.as_secs()));
+    Ok(
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(cutoff)
+            .execute(db.pool())
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// Runs `work` at most once per key: see the module docs.
 ///
 /// # Errors
@@ -107,17 +192,28 @@ pub async fn run<F, Fut>(
     work: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<Claim>) -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
 {
     let Some(key) = key else {
-        return Ok(match work().await {
+        return Ok(match work(None).await {
             Ok((status, body)) => (status, Json(body)).into_response(),
             Err(e) => e.into_response(),
         });
     };
     let pool = state.db().pool();
     let now = crate::db::now_rfc3339();
+    // An expired key is forgotten: this request is new.
+    let ttl = state.config().idempotency_ttl.as_secs();
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND user_id = $2 AND idem_key = $3 AND created_at < $4",
+    )
+    .bind(&principal.tenant)
+    .bind(&principal.user_id)
+    .bind(&key)
+    .bind(crate::db::format_unix(crate::db::unix_now().saturating_sub(ttl)))
+    .execute(pool)
+    .await?;
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (tenant_id, user_id, idem_key, fingerprint, state, created_at)
          VALUES ($1, $2, $3, $4, 'in_flight', $5) ON CONFLICT DO NOTHING",
@@ -133,7 +229,7 @@ where
 
     if inserted == 0 {
         let row = sqlx::query(
-            "SELECT fingerprint, state, status, body, created_at FROM idempotency_keys
+            "SELECT fingerprint, state, status, body, entry_id, created_at FROM idempotency_keys
              WHERE tenant_id = $1 AND user_id = $2 AND idem_key = $3",
         )
         .bind(&principal.tenant)
@@ -181,7 +277,19 @@ where
             }
         } else {
             let status: i64 = row.try_get("status")?;
-            let body: String = row.try_get("body")?;
+            let body: Option<String> = row.try_get("body")?;
+            let body = match body {
+                Some(b) => b,
+                // Done in the entry's transaction, the process stopped before the
+                // response was stored: rebuild it from the entry.
+                None => {
+                    let entry_id: Option<String> = row.try_get("entry_id")?;
+                    let entry_id = entry_id.unwrap_or_default();
+                    let entry =
+                        crate::ledger::get_entry(state.db(), &principal.tenant, &entry_id).await?;
+                    serde_json::to_string(&entry).map_err(|e| ApiError::internal(&e))?
+                }
+            };
             let status = u16::try_from(status)
                 .ok()
                 .and_then(|s| StatusCode::from_u16(s).ok())
@@ -198,7 +306,15 @@ where
         }
     }
 
-    let result = work().await;
+    // The row's `created_at` (set by the insert or the takeover) fences this claim.
+    let claimed_at = now;
+    let result = work(Some(Claim::new(
+        &principal.tenant,
+        &principal.user_id,
+        &key,
+        &claimed_at,
+    )))
+    .await;
     let (status, body) = match &result {
         Ok((s, b)) => (*s, b.to_string()),
         Err(e) => (
@@ -206,25 +322,32 @@ where
             String::from_utf8_lossy(&e.body().to_bytes()).into_owned(),
         ),
     };
+    // Both statements are fenced by the claim: a key completed in the entry's
+    // transaction is never released, and a taken-over key is not touched.
     if status.is_server_error() {
         sqlx::query(
-            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND user_id = $2 AND idem_key = $3",
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND user_id = $2 AND idem_key = $3
+               AND state = 'in_flight' AND created_at = $4",
         )
         .bind(&principal.tenant)
         .bind(&principal.user_id)
         .bind(&key)
+        .bind(&claimed_at)
         .execute(pool)
         .await?;
     } else {
         sqlx::query(
             "UPDATE idempotency_keys SET state = 'done', status = $1, body = $2
-             WHERE tenant_id = $3 AND user_id = $4 AND idem_key = $5",
+             WHERE tenant_id = $3 AND user_id = $4 AND idem_key = $5
+               AND (state = 'done' AND body IS NULL AND status = $1
+                    OR state = 'in_flight' AND created_at = $6)",
         )
         .bind(i64::from(status.as_u16()))
         .bind(body)
         .bind(&principal.tenant)
         .bind(&principal.user_id)
         .bind(&key)
+        .bind(&claimed_at)
         .execute(pool)
         .await?;
     }

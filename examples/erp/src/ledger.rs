@@ -3,7 +3,10 @@
 //! Double-entry rules, checked before anything is written: at least two lines; each
 //! line has exactly one of `debit` or `credit`, and it is > 0; amounts are integer
 //! minor units (cents), at most [`MAX_AMOUNT`]; debits equal credits; every account
-//! belongs to the tenant. An entry and its lines are written in one transaction and
+//! belongs to the tenant; and the entry keeps each account's debits and credits within
+//! [`MAX_ACCOUNT_TOTAL`] and the tenant's total within [`MAX_TENANT_TOTAL`] (running
+//! totals raised in the entry's transaction), so no sum the ledger computes can
+//! overflow: the trial balance never answers 5xx. An entry and its lines are written in one transaction and
 //! never updated or deleted: a mistake is corrected by a reversal, a new entry with
 //! debits and credits swapped that points at the original (at most one per entry).
 //!
@@ -16,11 +19,22 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     db::{Db, is_valid_date, new_id, now_rfc3339},
     error::ApiError,
+    idempotency::Claim,
 };
+use axum::http;
 
 /// The largest amount of one line, in minor units (10^15: sums of many lines stay far
 /// from `i64::MAX`).
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
+/// The ceiling of one account, per side: its debits, and its credits, each sum to at
+/// most 10^18 minor units. A post that would pass it is refused (422 naming the line).
+pub const MAX_ACCOUNT_TOTAL: i64 = 1_000_000_000_000_000_000;
+
+/// The ceiling of one tenant: all its debits (= all its credits) sum to at most
+/// 5 × 10^18 minor units, so no sum of a tenant's amounts can pass `i64::MAX`
+/// (≈ 9.2 × 10^18). A post that would pass it is refused (422, field `lines`).
+pub const MAX_TENANT_TOTAL: i64 = 5_000_000_000_000_000_000;
 
 /// The most lines one entry may have.
 pub const MAX_LINES: usize = 500;
@@ -241,9 +255,45 @@ pub fn parse_id(id: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not a valid id (a UUID).")))
 }
 
-/// Control characters (NUL above all, which PostgreSQL rejects) are refused in text.
-fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
+/// Whether text holds a character a reader cannot see: controls (category Cc, NUL above
+/// all, which PostgreSQL rejects), format characters (category Cf: the bidi overrides
+/// and isolates U+202A–U+202E and U+2066–U+2069 that make `Cash\u{202E}evil` read
+/// backwards, zero-width U+200B–U+200F, U+FEFF, the soft hyphen…), line and paragraph
+/// separators, and the Hangul fillers that render as blank letters. Names,
+/// descriptions and memos refuse them (422 naming the field).
+pub fn has_invisible(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() || is_invisible(c))
+}
+
+/// The format characters of Unicode 16 (category Cf) and the other invisible letters.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0x3164
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -327,9 +377,9 @@ pub async fn create_account(db: &Db, tenant: &str, new: &NewAccount) -> Result<A
         )
         .with_field("field", "code"));
     }
-    if name.is_empty() || name.chars().count() > 200 || has_control(name) {
+    if name.is_empty() || name.chars().count() > 200 || has_invisible(name) {
         return Err(ApiError::validation(
-            "name must be 1-200 characters, without control characters.",
+            "name must be 1-200 characters, without control or invisible format characters (such as bidi overrides or zero-width spaces).",
         )
         .with_field("field", "name"));
     }
@@ -370,10 +420,10 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
         ));
     }
     let desc = e.description.trim();
-    if desc.is_empty() || desc.chars().count() > 500 || has_control(desc) {
+    if desc.is_empty() || desc.chars().count() > 500 || has_invisible(desc) {
         return Err(invalid(
             "description".into(),
-            "description must be 1-500 characters, without control characters.".into(),
+            "description must be 1-500 characters, without control or invisible format characters (such as bidi overrides or zero-width spaces).".into(),
         ));
     }
     if e.lines.len() < 2 {
@@ -417,11 +467,11 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
         }
         if l.memo
             .as_ref()
-            .is_some_and(|m| m.chars().count() > 500 || has_control(m))
+            .is_some_and(|m| m.chars().count() > 500 || has_invisible(m))
         {
             return Err(invalid(
                 f("memo"),
-                "memo is at most 500 characters, without control characters.".into(),
+                "memo is at most 500 characters, without control or invisible format characters (such as bidi overrides or zero-width spaces).".into(),
             ));
         }
         // Bounded by MAX_AMOUNT * MAX_LINES, far below i64::MAX.
@@ -442,33 +492,23 @@ pub fn validate_entry(e: &NewEntry) -> Result<i64, ApiError> {
     Ok(debits)
 }
 
-/// Posts an entry atomically.
+/// Posts an entry atomically; with an `Idempotency-Key` claim, the key is marked done
+/// in the same transaction.
 ///
 /// # Errors
 ///
-/// A broken rule or an account of another tenant (422), database failure.
+/// A broken rule, an account of another tenant or a ceiling passed (422), the claim
+/// taken over (409, nothing posted), database failure.
 pub async fn create_entry(
     db: &Db,
     tenant: &str,
     user_id: &str,
     new: &NewEntry,
+    claim: Option<&Claim>,
 ) -> Result<Entry, ApiError> {
     validate_entry(new)?;
     let mut tx = db.pool().begin().await?;
-    for (i, l) in new.lines.iter().enumerate() {
-        let id = parse_id(&l.account_id)?;
-        let exists = sqlx::query("SELECT id FROM accounts WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant)
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(
-                ApiError::validation(format!("lines[{i}].account_id: no such account."))
-                    .with_field("field", format!("lines[{i}].account_id")),
-            );
-        }
-    }
+    raise_totals(&mut tx, tenant, &new.lines).await?;
     let id = new_id();
     insert_entry(
         &mut tx,
@@ -493,9 +533,118 @@ pub async fn create_entry(
         )
         .await?;
     }
+    if let Some(claim) = claim {
+        claim
+            .complete(&mut tx, http::StatusCode::CREATED, &id)
+            .await?;
+    }
     tx.commit().await?;
     metrics::counter!("erp_journal_entries_posted_total").increment(1);
     get_entry(db, tenant, &id).await
+}
+
+/// Raises the running totals of the tenant and of every account the lines touch, in
+/// the entry's transaction, each with a conditional `UPDATE` that refuses to pass
+/// [`MAX_TENANT_TOTAL`] or [`MAX_ACCOUNT_TOTAL`]. The tenant's row is updated first: it
+/// serialises a tenant's posts on PostgreSQL (SQLite has one writer anyway), so two
+/// concurrent posts cannot both pass a ceiling, and accounts are updated in id order
+/// (no deadlock). Deltas are summed in 128 bits; the SQL sides stay far from
+/// `i64::MAX` (a total at most 5 × 10^18 plus one entry's at most 2.5 × 10^17).
+///
+/// # Errors
+///
+/// An account of no such id in the tenant (422, `lines[i].account_id`), a ceiling
+/// passed (422, `lines[i].debit`/`lines[i].credit` or `lines`), database failure.
+async fn raise_totals(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    lines: &[NewLine],
+) -> Result<(), ApiError> {
+    // account id -> (first line index, debits, credits, first debit line, first credit line)
+    let mut per_account: std::collections::BTreeMap<String, (usize, i128, i128, usize, usize)> =
+        std::collections::BTreeMap::new();
+    let mut entry_total: i128 = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let id = parse_id(&l.account_id)?;
+        let slot = per_account
+            .entry(id)
+            .or_insert((i, 0, 0, usize::MAX, usize::MAX));
+        if let Some(d) = l.debit {
+            slot.1 += i128::from(d);
+            slot.3 = slot.3.min(i);
+            entry_total += i128::from(d);
+        }
+        if let Some(c) = l.credit {
+            slot.2 += i128::from(c);
+            slot.4 = slot.4.min(i);
+        }
+    }
+    let too_big = || {
+        ApiError::validation(format!(
+            "The entry would take the tenant's posted total above its ceiling of {MAX_TENANT_TOTAL} minor units."
+        ))
+        .with_field("field", "lines")
+    };
+    let total = i64::try_from(entry_total).map_err(|_| too_big())?;
+    let raised = sqlx::query(
+        "UPDATE tenants SET posted_total = posted_total + $1 WHERE id = $2 AND posted_total <= $3 - $1",
+    )
+    .bind(total)
+    .bind(tenant)
+    .bind(MAX_TENANT_TOTAL)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if raised == 0 {
+        return Err(too_big());
+    }
+    for (id, (first, debit, credit, first_debit, first_credit)) in &per_account {
+        let (Ok(debit), Ok(credit)) = (i64::try_from(*debit), i64::try_from(*credit)) else {
+            return Err(
+                ApiError::validation("An account's lines exceed its ceiling.")
+                    .with_field("field", "lines"),
+            );
+        };
+        let raised = sqlx::query(
+            "UPDATE accounts SET total_debit = total_debit + $1, total_credit = total_credit + $2
+             WHERE tenant_id = $3 AND id = $4 AND total_debit <= $5 - $1 AND total_credit <= $5 - $2",
+        )
+        .bind(debit)
+        .bind(credit)
+        .bind(tenant)
+        .bind(id)
+        .bind(MAX_ACCOUNT_TOTAL)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if raised == 1 {
+            continue;
+        }
+        let row = sqlx::query(
+            "SELECT total_debit, total_credit FROM accounts WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(ApiError::validation(format!(
+                "lines[{first}].account_id: no such account."
+            ))
+            .with_field("field", format!("lines[{first}].account_id")));
+        };
+        let total_debit: i64 = row.try_get("total_debit")?;
+        let field = if i128::from(total_debit) + i128::from(debit) > i128::from(MAX_ACCOUNT_TOTAL) {
+            format!("lines[{first_debit}].debit")
+        } else {
+            format!("lines[{first_credit}].credit")
+        };
+        return Err(ApiError::validation(format!(
+            "{field}: the entry would take this account's debits or credits above its ceiling of {MAX_ACCOUNT_TOTAL} minor units."
+        ))
+        .with_field("field", field));
+    }
+    Ok(())
 }
 
 async fn insert_entry(
@@ -671,6 +820,7 @@ pub async fn reverse_entry(
     user_id: &str,
     id: &str,
     req: &ReverseRequest,
+    claim: Option<&Claim>,
 ) -> Result<Entry, ApiError> {
     let original = get_entry(db, tenant, id).await?;
     if original.reversed_by.is_some() {
@@ -720,6 +870,7 @@ pub async fn reverse_entry(
         }
         Err(e) => return Err(e.into()),
     }
+    raise_totals(&mut tx, tenant, &new.lines).await?;
     for (i, l) in new.lines.iter().enumerate() {
         insert_line(
             &mut tx,
@@ -732,6 +883,11 @@ pub async fn reverse_entry(
             l.memo.as_deref(),
         )
         .await?;
+    }
+    if let Some(claim) = claim {
+        claim
+            .complete(&mut tx, http::StatusCode::CREATED, &new_id)
+            .await?;
     }
     tx.commit().await?;
     metrics::counter!("erp_journal_entries_posted_total").increment(1);
@@ -746,8 +902,10 @@ pub async fn reverse_entry(
 pub async fn trial_balance(db: &Db, tenant: &str) -> Result<TrialBalance, ApiError> {
     let rows = sqlx::query(
         "SELECT a.id, a.code, a.name, a.account_type,
-                CAST(COALESCE(SUM(l.debit), 0) AS BIGINT) AS debit,
-                CAST(COALESCE(SUM(l.credit), 0) AS BIGINT) AS credit
+                CAST(COALESCE(SUM(l.debit / 1000000000), 0) AS BIGINT) AS debit_hi,
+                CAST(COALESCE(SUM(l.debit % 1000000000), 0) AS BIGINT) AS debit_lo,
+                CAST(COALESCE(SUM(l.credit / 1000000000), 0) AS BIGINT) AS credit_hi,
+                CAST(COALESCE(SUM(l.credit % 1000000000), 0) AS BIGINT) AS credit_lo
          FROM accounts a
          LEFT JOIN journal_lines l ON l.tenant_id = a.tenant_id AND l.account_id = a.id
          WHERE a.tenant_id = $1
@@ -758,28 +916,42 @@ pub async fn trial_balance(db: &Db, tenant: &str) -> Result<TrialBalance, ApiErr
     .fetch_all(db.pool())
     .await?;
     let mut accounts = Vec::with_capacity(rows.len());
-    let (mut total_debit, mut total_credit) = (0i64, 0i64);
+    let (mut total_debit, mut total_credit) = (0i128, 0i128);
+    // Each sum in two halves (quotient and remainder by 10^9): neither can overflow
+    // below 10^9 lines, whatever the amounts; joined in 128 bits.
+    let joined = |r: &AnyRow, side: &str| -> Result<i128, sqlx::Error> {
+        let hi: i64 = r.try_get(format!("{side}_hi").as_str())?;
+        let lo: i64 = r.try_get(format!("{side}_lo").as_str())?;
+        Ok(i128::from(hi) * 1_000_000_000 + i128::from(lo))
+    };
     for r in &rows {
-        let debit: i64 = r.try_get("debit")?;
-        let credit: i64 = r.try_get("credit")?;
-        total_debit = total_debit.saturating_add(debit);
-        total_credit = total_credit.saturating_add(credit);
+        let debit = joined(r, "debit")?;
+        let credit = joined(r, "credit")?;
+        total_debit += debit;
+        total_credit += credit;
         accounts.push(TrialBalanceRow {
             account_id: r.try_get("id")?,
             code: r.try_get("code")?,
             name: r.try_get("name")?,
             account_type: AccountType::parse(&r.try_get::<String, _>("account_type")?),
-            debit,
-            credit,
-            balance: debit - credit,
+            debit: clamp(debit),
+            credit: clamp(credit),
+            balance: clamp(debit - credit),
         });
     }
     Ok(TrialBalance {
         accounts,
-        total_debit,
-        total_credit,
+        total_debit: clamp(total_debit),
+        total_credit: clamp(total_credit),
         balanced: total_debit == total_credit,
     })
+}
+
+/// A 128-bit sum as the report's `i64`. The ceilings keep every figure of a ledger
+/// posted through [`create_entry`] within range; only a ledger written before them can
+/// pass it, and is then shown at the limit rather than failing the whole report.
+fn clamp(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
 #[cfg(test)]

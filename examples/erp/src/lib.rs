@@ -81,6 +81,7 @@ struct Inner {
     redoc: Option<Bytes>,
     on_posted: Option<PostedHook>,
     backends: Backends,
+    hash_pool: auth::HashPool,
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -114,6 +115,7 @@ impl AppState {
             redoc: None,
             on_posted: None,
             backends: Backends::memory(),
+            hash_pool: auth::HashPool::for_this_machine(),
         })))
     }
 
@@ -167,6 +169,7 @@ impl AppState {
             redoc: arc.redoc.clone(),
             on_posted: arc.on_posted.clone(),
             backends: arc.backends.clone(),
+            hash_pool: arc.hash_pool.clone(),
         });
         f(&mut inner);
         Self(Arc::new(inner))
@@ -190,6 +193,11 @@ impl AppState {
     /// A hash verified when the user does not exist (constant-time-ish login).
     pub fn dummy_hash(&self) -> &str {
         &self.0.dummy_hash
+    }
+
+    /// The bounded pool password checks run in.
+    pub fn hash_pool(&self) -> &auth::HashPool {
+        &self.0.hash_pool
     }
 
     /// The ReDoc bundle, when installed.
@@ -395,7 +403,7 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
         router = router.layer(tenant::layer(state.db().clone()).expect("constant strategies"));
     }
     if stack.rate_limit {
-        // 4b. Rate limit: API 100/hour per user, login 5/minute per client IP, admin
+        // 4b. Rate limit: API 100/hour per user, login 5/minute per client IP (form and token endpoint), admin
         //     50/hour per user, health exempt (policies in rampart-erp.toml); after
         //     authentication so per-user policies know the user. 429 JSON. In Redis when
         //     REDIS_URL is set (one truth for every instance).

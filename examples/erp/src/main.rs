@@ -68,6 +68,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         std::env::var("RAMPART_REDOC_JS").ok(),
     ));
     let db = state.db().clone();
+    // Expired Idempotency-Keys are purged every hour.
+    tokio::spawn({
+        let db = db.clone();
+        let ttl = state.config().idempotency_ttl;
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                match rampart_erp::idempotency::purge_expired(&db, ttl).await {
+                    Ok(n) => tracing::debug!(purged = n, "expired idempotency keys purged"),
+                    Err(e) => tracing::warn!(error = %e, "idempotency key purge failed"),
+                }
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(
         addr = %listener.local_addr()?,

@@ -36,7 +36,7 @@ use crate::{AppState, api, error::ApiError, health, metrics};
         health::health, health::live, health::ready, metrics::render,
     ),
     components(schemas(crate::error::ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &LimitedOperations),
     tags(
         (name = "auth", description = "Tokens and the current user"),
         (name = "accounts", description = "Chart of accounts"),
@@ -64,6 +64,67 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every `/api/v1/` operation is rate limited (the `api` policy, and `login` for the
+/// token endpoint) and may answer 429 with `Retry-After` and the IETF `RateLimit` /
+/// `RateLimit-Policy` headers; this adds that response to each.
+#[derive(Debug)]
+struct LimitedOperations;
+
+impl Modify for LimitedOperations {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, Ref, ResponseBuilder, header::HeaderBuilder, schema::Type,
+        };
+        let header = |description: &str, ty: Type| {
+            HeaderBuilder::new()
+                .schema(utoipa::openapi::ObjectBuilder::new().schema_type(ty))
+                .description(Some(description))
+                .build()
+        };
+        let limited = ResponseBuilder::new()
+            .description("Rate limit exceeded")
+            .header(
+                "Retry-After",
+                header("Seconds to wait before retrying", Type::Integer),
+            )
+            .header(
+                "RateLimit",
+                header("Remaining quota (IETF draft)", Type::String),
+            )
+            .header(
+                "RateLimit-Policy",
+                header("The quota (IETF draft)", Type::String),
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in &mut openapi.paths.paths {
+            if !path.starts_with("/api/v1/") {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("429".to_owned())
+                    .or_insert_with(|| limited.clone().into());
+            }
+        }
     }
 }
 

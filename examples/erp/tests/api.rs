@@ -140,6 +140,7 @@ async fn authentication_errors() {
         username: "admin".into(),
         tenant: "acme".into(),
         role: rampart_erp::auth::Role::Admin,
+        epoch: 0,
     };
     let session = t
         .state
@@ -538,4 +539,64 @@ async fn slow_requests_time_out_with_json_408() {
         .await;
     let v = res.error(408);
     assert!(v["detail"].as_str().unwrap().contains("too long"));
+}
+
+#[tokio::test]
+async fn ledger_sums_cannot_overflow_on_sqlite() {
+    common::overflow_suite(&TestApp::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn invisible_characters_are_refused_naming_the_field() {
+    let t = TestApp::sqlite().await;
+    let admin = t.token("acme", "admin").await;
+    let cash = t.account_id(&admin, "1000").await;
+    let sales = t.account_id(&admin, "4000").await;
+    for bad in [
+        "\u{202E}", "\u{202A}", "\u{2066}", "\u{2069}", "\u{200B}", "\u{200F}", "\u{FEFF}",
+        "\u{AD}", "\u{061C}",
+    ] {
+        let res = t
+            .post(
+                "/api/v1/accounts",
+                &admin,
+                serde_json::json!({"code": "1999", "name": format!("Cash{bad}evil"), "type": "asset"}),
+            )
+            .await;
+        assert_eq!(res.error(422)["field"], "name", "{bad:?}");
+        let entry = |desc: &str, memo: &str| {
+            serde_json::json!({"date": "2026-01-15", "description": desc, "lines": [
+                {"account_id": cash, "debit": 1, "memo": memo}, {"account_id": sales, "credit": 1}]})
+        };
+        let res = t
+            .post(
+                "/api/v1/journal-entries",
+                &admin,
+                entry(&format!("a{bad}b"), "m"),
+            )
+            .await;
+        assert_eq!(res.error(422)["field"], "description", "{bad:?}");
+        let res = t
+            .post(
+                "/api/v1/journal-entries",
+                &admin,
+                entry("ok", &format!("a{bad}b")),
+            )
+            .await;
+        assert_eq!(res.error(422)["field"], "lines[0].memo", "{bad:?}");
+    }
+    // Visible non-ASCII text is fine.
+    let res = t
+        .post(
+            "/api/v1/accounts",
+            &admin,
+            serde_json::json!({"code": "1998", "name": "Caisse – espèces ☕ مصرف", "type": "asset"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+}
+
+#[tokio::test]
+async fn idempotency_survives_crashes_on_sqlite() {
+    common::idempotency_crash_suite(&TestApp::sqlite().await).await;
 }

@@ -281,3 +281,116 @@ async fn session_of_one_tenant_cannot_browse_another() {
         .await;
     res.error(403);
 }
+
+#[tokio::test]
+async fn logout_ends_the_session_everywhere() {
+    let t = TestApp::sqlite().await;
+    let cookie = login(&t, "acme", "user").await;
+    let other = login(&t, "acme", "user").await;
+    let dashboard = |cookie: &str| {
+        Request::get("/dashboard/")
+            .header("cookie", cookie.to_owned())
+            .header("host", "localhost:8080")
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(t.send(dashboard(&cookie)).await.status, 200);
+    let res = t
+        .send(
+            Request::post("/accounts/logout/")
+                .header("cookie", cookie.clone())
+                .header("host", "localhost:8080")
+                .header("origin", "http://localhost:8080")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(res.status, 303);
+    // The old cookie (replayed, as a thief would) and the user's other session are
+    // over: a second app over the same database (another instance) agrees.
+    for cookie in [&cookie, &other] {
+        let res = t.send(dashboard(cookie)).await;
+        assert_eq!(res.status, 303, "{}", res.text());
+        assert_eq!(res.headers["location"], "/accounts/login/");
+        let api = t
+            .send(
+                Request::get("/api/v1/users/me")
+                    .header("cookie", cookie.to_owned())
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        api.error(401);
+        let instance2 = rampart_erp::app(t.state.clone());
+        let res = instance2.oneshot(dashboard(cookie)).await.unwrap();
+        assert_eq!(res.status(), 303);
+    }
+    // A new login works.
+    let fresh = login(&t, "acme", "user").await;
+    assert_eq!(t.send(dashboard(&fresh)).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_password_change_ends_the_sessions() {
+    let t = TestApp::sqlite().await;
+    let cookie = login(&t, "acme", "admin").await;
+    let token = t.token("acme", "admin").await;
+    let me = t.get("/api/v1/users/me", &token).await.json();
+    rampart_erp::auth::set_password(
+        &t.state,
+        "acme",
+        me["id"].as_str().unwrap(),
+        "new-password-123",
+    )
+    .await
+    .unwrap();
+    let res = t
+        .send(
+            Request::get("/dashboard/")
+                .header("cookie", cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(res.status, 303);
+    // Bearer tokens issued before the change end too.
+    t.get("/api/v1/users/me", &token).await.error(401);
+    let res = t.send(login_req("acme", "admin", "new-password-123")).await;
+    assert_eq!(res.status, 303);
+}
+
+#[tokio::test]
+async fn cookies_are_secure_over_https_or_by_env() {
+    // Behind a trusted proxy that says the request came over HTTPS.
+    let mut config = rampart_erp::Config::for_tests("sqlite::memory:");
+    config.trusted_proxies = vec!["10.0.0.0/8".into()];
+    let t = TestApp::with_config(config).await;
+    let mut req = login_req("acme", "user", PASSWORD);
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.5".parse().unwrap());
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+            "10.1.2.3:5000".parse().unwrap(),
+        ));
+    let res = t.send(req).await;
+    assert_eq!(res.status, 303);
+    assert!(
+        res.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
+    // The same header from an untrusted peer is not believed.
+    let mut req = login_req("acme", "user", PASSWORD);
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let res = t.send(req).await;
+    assert!(
+        !res.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Secure")
+    );
+}

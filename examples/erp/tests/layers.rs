@@ -237,3 +237,56 @@ async fn the_bare_stack_has_no_library_layers_and_the_full_one_has_them_all() {
         assert!(full.headers.contains_key(name), "full lacks {name}");
     }
 }
+
+#[tokio::test]
+async fn the_token_endpoint_shares_the_login_policy_with_the_form() {
+    let t = TestApp::sqlite().await;
+    let peer = |req: &mut Request<Body>, ip: &str| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+                format!("{ip}:4000").parse().unwrap(),
+            ));
+    };
+    let form = |ip: &str| {
+        let mut req = Request::post("/accounts/login/")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", "http://localhost")
+            .body(Body::from("tenant=acme&username=user&password=wrong"))
+            .unwrap();
+        peer(&mut req, ip);
+        req
+    };
+    let token = |ip: &str, username: &str| {
+        let mut req = Request::post("/api/v1/auth/token")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"tenant": "acme", "username": username, "password": "wrong"}).to_string(),
+            ))
+            .unwrap();
+        peer(&mut req, ip);
+        req
+    };
+    // Five guesses through either route, then the sixth is refused on both.
+    let ip = "198.51.100.20";
+    let mut bodies = Vec::new();
+    for i in 0..5u32 {
+        let res = if i.is_multiple_of(2) {
+            t.send(token(ip, if i == 0 { "user" } else { "nobody" }))
+                .await
+        } else {
+            t.send(form(ip)).await
+        };
+        assert_ne!(res.status, 429, "attempt {i} is within the quota");
+        if i.is_multiple_of(2) {
+            bodies.push(res.error(401));
+        }
+    }
+    // The same answer whether the account exists or not.
+    assert_eq!(bodies[0], bodies[1]);
+    let limited = t.send(token(ip, "user")).await;
+    limited.error(429);
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(t.send(form(ip)).await.status, 429);
+    // Another client still may.
+    t.send(token("203.0.113.20", "user")).await.error(401);
+}

@@ -291,3 +291,26 @@ async fn documented_statuses_match_real_answers() {
     }
     assert!(checked >= 9, "checked {checked} operations");
 }
+
+#[tokio::test]
+async fn every_api_operation_documents_429_with_its_headers() {
+    let t = TestApp::sqlite().await;
+    let doc = t.call(Method::GET, "/api/schema/", None, None).await.json();
+    let mut seen = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let limited = &op["responses"]["429"];
+            assert!(limited.is_object(), "{method} {path} does not document 429");
+            for h in ["Retry-After", "RateLimit", "RateLimit-Policy"] {
+                assert!(limited["headers"][h].is_object(), "{method} {path}: no {h}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 10, "{seen}");
+    // The token endpoint also documents the password pool's 503.
+    assert!(doc["paths"]["/api/v1/auth/token"]["post"]["responses"]["503"].is_object());
+}

@@ -21,7 +21,7 @@ async fn data_layer_and_api_on_postgres() {
             // Migrations are idempotent, and the seed runs once.
             let db = Db::connect(&url).await.expect("connect");
             assert_eq!(db.backend(), rampart_erp::db::Backend::Postgres);
-            assert_eq!(db.migrate().await.unwrap(), 1);
+            assert_eq!(db.migrate().await.unwrap(), 4);
             assert_eq!(db.migrate().await.unwrap(), 0);
             assert!(
                 db.seed(None, rampart_erp::config::PasswordCost::Fast)
@@ -65,6 +65,27 @@ async fn data_layer_and_api_on_postgres() {
                 .call(axum::http::Method::GET, "/health/ready/", None, None)
                 .await;
             assert_eq!(res.status, 200, "{}", res.text());
+            t.state.db().close().await;
+        }
+    })
+    .await;
+    tmp.drop_db().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_sums_and_idempotency_crashes_on_postgres() {
+    let Some(tmp) = TempDatabase::create().await else {
+        return;
+    };
+    let result = tokio::spawn({
+        let url = tmp.url.clone();
+        async move {
+            let t = TestApp::with_config(Config::for_tests(url)).await;
+            common::idempotency_crash_suite(&t).await;
+            common::overflow_suite(&t).await;
             t.state.db().close().await;
         }
     })

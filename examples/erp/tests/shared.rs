@@ -66,9 +66,15 @@ async fn trial_balance_is_cached_with_etags_and_invalidated_by_posting() {
     // cache (this is what proves it is cached at all) ...
     let me = t.get("/api/v1/users/me", &tok).await.json();
     let user_id = me["id"].as_str().unwrap().to_owned();
-    ledger::create_entry(t.state.db(), "acme", &user_id, &new_entry(&cash, &sales, 7))
-        .await
-        .unwrap();
+    ledger::create_entry(
+        t.state.db(),
+        "acme",
+        &user_id,
+        &new_entry(&cash, &sales, 7),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(total(&t.send(tb_request(&tok, None)).await), 0);
     // ... until the tenant's tag is invalidated.
     t.state.entry_posted("acme").await;

@@ -72,17 +72,19 @@ impl TestApp {
     }
 
     pub async fn send(&self, mut req: Request<Body>) -> Res {
-        // As served by `main.rs` (`into_make_service_with_connect_info`): every request
-        // has a peer address; tests that care set their own.
+        // Each request without a peer address comes from a client of its own: the login
+        // policy (5/minute per client IP, token endpoint included) would otherwise
+        // count every test's logins in one bucket.
         if req
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .is_none()
         {
+            let id = uuid::Uuid::new_v4().as_u128();
+            let peer =
+                std::net::SocketAddr::from((std::net::Ipv6Addr::from(id | (0xfd << 120)), 4000));
             req.extensions_mut()
-                .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
-                    ([192, 0, 2, 200], 1).into(),
-                ));
+                .insert(axum::extract::ConnectInfo(peer));
         }
         let res = self.router.clone().oneshot(req).await.expect("infallible");
         let status = res.status();
@@ -665,4 +667,214 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Issue 18's attack on the ledger: entries of 250 debit lines of 10^15 minor units
+/// each (inside the per-line and per-entry limits), posted until the sums would pass
+/// `i64::MAX`. Every post is 201 or a 422 naming the field; the trial balance and the
+/// dashboard keep answering 200 with exact figures.
+pub async fn overflow_suite(t: &TestApp) {
+    use rampart_erp::ledger::{MAX_ACCOUNT_TOTAL, MAX_AMOUNT, MAX_TENANT_TOTAL};
+    let tok = t.token("acme", "user").await;
+    let admin = t.token("acme", "admin").await;
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    let entry = |debits: &[String], credits: &[String]| {
+        let mut lines = Vec::new();
+        for i in 0..250 {
+            lines.push(json!({"account_id": debits[i % debits.len()], "debit": MAX_AMOUNT}));
+        }
+        for i in 0..250 {
+            lines.push(json!({"account_id": credits[i % credits.len()], "credit": MAX_AMOUNT}));
+        }
+        json!({"date": "2026-05-01", "description": "Attack", "lines": lines})
+    };
+    let per_entry = 250 * i128::from(MAX_AMOUNT);
+    let mut posted: i128 = 0;
+    // One account per side: its ceiling stops the fifth entry.
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let res = t
+            .post(
+                "/api/v1/journal-entries",
+                &tok,
+                entry(std::slice::from_ref(&cash), std::slice::from_ref(&sales)),
+            )
+            .await;
+        if res.status == 201 {
+            posted += per_entry;
+        } else {
+            refused.push(res.error(422));
+        }
+    }
+    assert_eq!(posted, i128::from(MAX_ACCOUNT_TOTAL), "{refused:?}");
+    assert_eq!(refused.len(), 1);
+    // Accounts are raised in id order: either side's first line is named.
+    assert!(
+        ["lines[0].debit", "lines[250].credit"].contains(&refused[0]["field"].as_str().unwrap()),
+        "{}",
+        refused[0]
+    );
+    // Eight accounts per side: the tenant's ceiling stops the rest of 40 entries.
+    let mut debits = Vec::new();
+    let mut credits = Vec::new();
+    for i in 0..16 {
+        let res = t
+            .post(
+                "/api/v1/accounts",
+                &admin,
+                json!({"code": format!("9{i:03}"), "name": format!("Attack {i}"),
+                       "type": if i < 8 { "asset" } else { "income" }}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        let id = res.json()["id"].as_str().unwrap().to_owned();
+        if i < 8 {
+            debits.push(id);
+        } else {
+            credits.push(id);
+        }
+    }
+    let mut tenant_refusals = 0;
+    for _ in 0..40 {
+        let res = t
+            .post("/api/v1/journal-entries", &tok, entry(&debits, &credits))
+            .await;
+        if res.status == 201 {
+            posted += per_entry;
+        } else {
+            let e = res.error(422);
+            assert_eq!(e["field"], "lines", "{e}");
+            tenant_refusals += 1;
+        }
+    }
+    assert_eq!(posted, i128::from(MAX_TENANT_TOTAL));
+    assert_eq!(tenant_refusals, 40 - 16);
+    let tb = t.get("/api/v1/reports/trial-balance", &tok).await;
+    assert_eq!(tb.status, 200, "{}", tb.text());
+    let tb = tb.json();
+    assert_eq!(tb["total_debit"], MAX_TENANT_TOTAL);
+    assert_eq!(tb["total_credit"], MAX_TENANT_TOTAL);
+    assert_eq!(tb["balanced"], true);
+    let res = t.get("/dashboard/", &tok).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // A refused entry left no row behind.
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM journal_entries WHERE tenant_id = 'acme' AND description = 'Attack'",
+    )
+    .fetch_one(t.state.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(count, 4 + 16);
+}
+
+/// `Idempotency-Key` across crashes: a failure injected at each step of a keyed post
+/// (before the commit, between the commit and the stored response, a stalled worker
+/// whose key was taken over) never lets a retry post twice; expired keys are purged.
+pub async fn idempotency_crash_suite(t: &TestApp) {
+    use rampart_erp::{idempotency, ledger};
+    let tok = t.token("globex", "user").await;
+    let me = t.get("/api/v1/users/me", &tok).await.json();
+    let user = me["id"].as_str().unwrap().to_owned();
+    let cash = t.account_id(&tok, "1000").await;
+    let sales = t.account_id(&tok, "4000").await;
+    let db = t.state.db();
+    let body = |desc: &str| {
+        json!({"date": "2026-07-01", "description": desc, "lines": [
+            {"account_id": cash, "debit": 9}, {"account_id": sales, "credit": 9}]})
+    };
+    let fp = |b: &Value| idempotency::fingerprint("POST", "/api/v1/journal-entries", b);
+    let claim_row = |key: &'static str, b: Value, created_at: String| {
+        let user = user.clone();
+        async move {
+            sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, user_id, idem_key, fingerprint, state, created_at)
+             VALUES ('globex', $1, $2, $3, 'in_flight', $4)",
+        )
+        .bind(&user)
+        .bind(key)
+        .bind(fp(&b))
+        .bind(&created_at)
+        .execute(t.state.db().pool())
+        .await
+        .unwrap();
+            idempotency::Claim::new("globex", &user, key, &created_at)
+        }
+    };
+    let retry = |key: &'static str, b: Value| {
+        Request::post("/api/v1/journal-entries")
+            .header("authorization", format!("Bearer {tok}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(b.to_string()))
+            .unwrap()
+    };
+    let count = |desc: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM journal_entries WHERE tenant_id = 'globex' AND description = $1",
+        )
+        .bind(desc)
+        .fetch_one(t.state.db().pool())
+        .await
+        .unwrap()
+    };
+    let new_entry = |b: &Value| serde_json::from_value::<ledger::NewEntry>(b.clone()).unwrap();
+
+    // 1. The process stops after the entry's commit, before the response is stored:
+    //    the retry replays (rebuilt from the entry), nothing new is posted.
+    let b = body("crash-after-commit");
+    let claim = claim_row("k-after", b.clone(), rampart_erp::db::now_rfc3339()).await;
+    let posted = ledger::create_entry(db, "globex", &user, &new_entry(&b), Some(&claim))
+        .await
+        .unwrap();
+    let res = t.send(retry("k-after", b.clone())).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(res.headers["idempotent-replayed"], "true");
+    assert_eq!(res.json()["id"], posted.id.as_str());
+    assert_eq!(count("crash-after-commit").await, 1);
+
+    // 2. The process stops before the commit: nothing was posted; once the key is
+    //    stale, the retry takes it over and posts exactly once.
+    let b = body("crash-before-commit");
+    claim_row("k-before", b.clone(), "2000-01-01T00:00:00.000000Z".into()).await;
+    let res = t.send(retry("k-before", b.clone())).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(t.send(retry("k-before", b.clone())).await.status, 201);
+    assert_eq!(count("crash-before-commit").await, 1);
+
+    // 3. A worker that stalled past the takeover finishes late: its claim is gone, its
+    //    entry rolled back (409), the retry's entry is the only one.
+    let b = body("stalled-worker");
+    let stale = claim_row("k-stall", b.clone(), "2000-01-01T00:00:00.000000Z".into()).await;
+    assert_eq!(t.send(retry("k-stall", b.clone())).await.status, 201);
+    let late = ledger::create_entry(db, "globex", &user, &new_entry(&b), Some(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(late.status(), 409);
+    assert_eq!(count("stalled-worker").await, 1);
+
+    // 4. Expiry: an expired key is purged, and reusing it is a new request.
+    let b = body("expired-key");
+    let first = t.send(retry("k-old", b.clone())).await;
+    assert_eq!(first.status, 201);
+    sqlx::query("UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE idem_key = 'k-old'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let again = t.send(retry("k-old", b.clone())).await;
+    assert_eq!(again.status, 201);
+    assert!(!again.headers.contains_key("idempotent-replayed"));
+    sqlx::query("UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let purged = idempotency::purge_expired(db, std::time::Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert!(purged >= 4, "{purged}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
