@@ -294,21 +294,30 @@ pub struct VerifiedUser {
     pub epoch: i64,
 }
 
+/// The `[rate_limit]` policy that counts failed sign-ins per tenant and user name (a
+/// `key = "direct"` policy: the form and the token endpoint decide it themselves).
+pub const ACCOUNT_FAILURES: &str = "account-failures";
+
 /// Checks a tenant, user name and password against the database (Argon2, in a blocking
 /// thread of the bounded [`HashPool`]). Unknown users cost as much as wrong passwords
 /// (a dummy hash of the same cost is checked).
 ///
+/// Failed attempts are counted per tenant and user name (whether the account exists or
+/// not, so the answer tells nothing) under the [`ACCOUNT_FAILURES`] policy; past it, the
+/// account's sign-ins are refused with 429 before any password is hashed, from every
+/// client address: guessing one account's password from many addresses is bounded too.
+///
 /// # Errors
 ///
-/// Database failure (500), too many checks in progress (503 with `Retry-After`); wrong
-/// credentials are `Ok(None)`.
+/// Database failure (500), too many checks in progress (503 with `Retry-After`), too
+/// many failed attempts for the account (429 with `Retry-After`); wrong credentials are
+/// `Ok(None)`.
 pub async fn verify_credentials(
     state: &AppState,
     tenant: &str,
     username: &str,
     password: &str,
 ) -> Result<Option<VerifiedUser>, ApiError> {
-    use sqlx::Row;
     // PostgreSQL rejects NUL in text; such credentials cannot exist anyway.
     if [tenant, username, password]
         .iter()
@@ -316,6 +325,36 @@ pub async fn verify_credentials(
     {
         return Ok(None);
     }
+    // Length-prefixed: no two (tenant, user name) pairs give the same key.
+    let account = format!("{}:{tenant}/{username}", tenant.len());
+    let limiter = state.direct_limiter();
+    if let Some(Ok(decision)) = match limiter {
+        Some(l) => Some(l.peek(ACCOUNT_FAILURES, &account, 1).await),
+        None => None,
+    } && !decision.is_allowed()
+    {
+        return Err(ApiError::too_many(
+            "Too many failed sign-ins for this account. Please try again later.",
+            decision.retry_after().as_secs().max(1),
+        ));
+    }
+    let verified = check_password(state, tenant, username, password).await?;
+    if verified.is_none()
+        && let Some(l) = limiter
+    {
+        // A policy missing from a hand-written table just turns the throttle off.
+        let _ = l.record(ACCOUNT_FAILURES, &account, 1).await;
+    }
+    Ok(verified)
+}
+
+async fn check_password(
+    state: &AppState,
+    tenant: &str,
+    username: &str,
+    password: &str,
+) -> Result<Option<VerifiedUser>, ApiError> {
+    use sqlx::Row;
     let row = sqlx::query(
         "SELECT id, password_hash, role, session_epoch FROM users WHERE tenant_id = $1 AND username = $2",
     )

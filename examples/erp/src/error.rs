@@ -69,6 +69,14 @@ impl ApiError {
         e
     }
 
+    /// 429 with `Retry-After: {retry_after_secs}`, the rate limiter's words: too many
+    /// attempts, try again then.
+    pub fn too_many(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded", detail);
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
     /// 404: no such resource (in this tenant).
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "Not found", detail)

@@ -82,6 +82,8 @@ struct Inner {
     on_posted: Option<PostedHook>,
     backends: Backends,
     hash_pool: auth::HashPool,
+    /// The limiter for direct decisions (per-account sign-in failures), built once.
+    direct_limiter: std::sync::OnceLock<Option<RateLimitLayer>>,
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -116,6 +118,7 @@ impl AppState {
             on_posted: None,
             backends: Backends::memory(),
             hash_pool: auth::HashPool::for_this_machine(),
+            direct_limiter: std::sync::OnceLock::new(),
         })))
     }
 
@@ -170,8 +173,10 @@ impl AppState {
             on_posted: arc.on_posted.clone(),
             backends: arc.backends.clone(),
             hash_pool: arc.hash_pool.clone(),
+            direct_limiter: std::sync::OnceLock::new(),
         });
         f(&mut inner);
+        inner.direct_limiter = std::sync::OnceLock::new();
         Self(Arc::new(inner))
     }
 
@@ -203,6 +208,17 @@ impl AppState {
     /// The ReDoc bundle, when installed.
     pub fn redoc_bundle(&self) -> Option<&Bytes> {
         self.0.redoc.as_ref()
+    }
+
+    /// The limiter for decisions made inside handlers (the `account-failures` policy of
+    /// the `[rate_limit]` table: failed sign-ins per tenant and user name), over the same
+    /// backend as the layer's; `None` when the table cannot build a limiter (it was
+    /// validated at start-up, so only in hand-built test states).
+    pub fn direct_limiter(&self) -> Option<&RateLimitLayer> {
+        self.0
+            .direct_limiter
+            .get_or_init(|| rate_limit_layer(&self.0.config, self.0.backends.limiter.clone()).ok())
+            .as_ref()
     }
 
     /// The limiter and cache backends.
