@@ -67,9 +67,11 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every `/api/v1/` operation is rate limited (the `api` policy, and `login` for the
-/// token endpoint) and may answer 429 with `Retry-After` and the IETF `RateLimit` /
-/// `RateLimit-Policy` headers; this adds that response to each.
+/// What every `/api/v1/` operation shares, added to each: the rate limit (the `api`
+/// policy, `login` for the token endpoint) may answer 429 with `Retry-After` and the
+/// IETF `RateLimit` / `RateLimit-Policy` headers; the tenant layer reads the optional
+/// `X-Tenant-ID` header and answers 400 (malformed id), 403 (not the user's tenant) and
+/// 404 (unknown tenant); a body above the limit is a 413.
 #[derive(Debug)]
 struct LimitedOperations;
 
@@ -105,6 +107,34 @@ impl Modify for LimitedOperations {
                     .build(),
             )
             .build();
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let tenant_header = utoipa::openapi::path::ParameterBuilder::new()
+            .name(crate::tenant::TENANT_HEADER)
+            .parameter_in(utoipa::openapi::path::ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some(
+                "The tenant (1-63 lower-case letters, digits and `-`); by default the subdomain of `{tenant}.localhost`, then the user's tenant",
+            ))
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new().schema_type(Type::String),
+            ))
+            .build();
+        let shared = [
+            ("400", "Malformed request or tenant id"),
+            ("403", "Tenant differs from the user's"),
+            ("404", "Unknown tenant or resource"),
+            ("413", "Body too large"),
+        ];
         for (path, item) in &mut openapi.paths.paths {
             if !path.starts_with("/api/v1/") {
                 continue;
@@ -123,6 +153,19 @@ impl Modify for LimitedOperations {
                     .responses
                     .entry("429".to_owned())
                     .or_insert_with(|| limited.clone().into());
+                for (status, description) in shared {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                if !params
+                    .iter()
+                    .any(|p| p.name.eq_ignore_ascii_case(crate::tenant::TENANT_HEADER))
+                {
+                    params.push(tenant_header.clone());
+                }
             }
         }
     }

@@ -314,3 +314,33 @@ async fn every_api_operation_documents_429_with_its_headers() {
     // The token endpoint also documents the password pool's 503.
     assert!(doc["paths"]["/api/v1/auth/token"]["post"]["responses"]["503"].is_object());
 }
+
+#[tokio::test]
+async fn every_api_operation_documents_the_tenant_header_and_errors() {
+    let t = TestApp::sqlite().await;
+    let doc = t.call(Method::GET, "/api/schema/", None, None).await.json();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            for status in ["400", "403", "404", "413"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+            let tenant = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    p["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case("x-tenant-id"))
+                })
+                .count();
+            assert_eq!(tenant, 1, "{method} {path}: the tenant header once");
+        }
+    }
+}
