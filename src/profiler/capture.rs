@@ -48,7 +48,8 @@ pub(crate) struct Collector {
     store: ProfileStore,
     n_plus_one_threshold: usize,
     max_queries: usize,
-    metrics: bool,
+    /// The `route` label of the queries-per-request histogram, when metrics are on.
+    metrics: Option<metrics::SharedString>,
 }
 
 impl fmt::Debug for Collector {
@@ -64,7 +65,7 @@ impl Collector {
         store: ProfileStore,
         n_plus_one_threshold: usize,
         max_queries: usize,
-        metrics: bool,
+        metrics: Option<metrics::SharedString>,
     ) -> Self {
         Self {
             start,
@@ -85,11 +86,11 @@ impl Collector {
     }
 
     /// Adds a query that ended at `ended` after running for `elapsed`. The statement is
-    /// stored as given and normalised when the record is finished: this runs where the driver emits its event, possibly on the
-    /// database connection's own thread (sqlx's SQLite worker), so it must stay short.
+    /// normalised as it arrives (memoised, so a repeated statement costs a lookup; a huge
+    /// one is cut first): nothing raw is held until the request ends.
     pub(crate) fn add_query(
         &self,
-        raw_statement: String,
+        raw_statement: &str,
         elapsed: Duration,
         ended: Instant,
         rows_returned: Option<u64>,
@@ -103,15 +104,19 @@ impl Collector {
             .as_secs_f64()
             * 1000.0;
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let mut d = self.lock();
-        d.query_count += 1;
-        d.db_ms += duration_ms;
-        if d.record.queries.len() >= self.max_queries {
-            d.record.queries_dropped += 1;
-            return;
+        {
+            let mut d = self.lock();
+            d.query_count += 1;
+            d.db_ms += duration_ms;
+            if d.record.queries.len() >= self.max_queries {
+                d.record.queries_dropped += 1;
+                return;
+            }
         }
+        let statement = self.store.normalize(cut(raw_statement, MAX_RAW_STATEMENT));
+        let mut d = self.lock();
         d.record.queries.push(QueryRecord {
-            statement: raw_statement,
+            statement,
             start_ms,
             duration_ms,
             rows_returned,
@@ -127,6 +132,21 @@ impl Collector {
     }
 }
 
+/// The longest raw statement normalised, in bytes: the rest is dropped first (a literal
+/// cut open becomes one `?` to the end, so nothing leaks).
+const MAX_RAW_STATEMENT: usize = 16 * 1024;
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    &s[..at]
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         let d = self.draft.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -134,16 +154,13 @@ impl Drop for Collector {
         record
             .queries
             .sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
-        for q in &mut record.queries {
-            q.statement = self.store.normalize(&q.statement);
-        }
         record.query_count = d.query_count;
         record.db_ms = d.db_ms;
         record.similar = similar_groups(&record.queries);
         record.n_plus_one = n_plus_one(&record.queries, self.n_plus_one_threshold);
-        if self.metrics {
+        if let Some(route) = self.metrics.take() {
             #[allow(clippy::cast_precision_loss)]
-            metrics::histogram!("rampart_profiler_queries_per_request", "route" => record.route.clone())
+            metrics::histogram!("rampart_profiler_queries_per_request", "route" => route)
                 .record(record.query_count as f64);
         }
         self.store.push(record);
@@ -511,7 +528,7 @@ where
             return;
         };
         c.add_query(
-            statement,
+            &statement,
             fields.elapsed.unwrap_or_default(),
             Instant::now(),
             fields.rows_returned,
@@ -535,7 +552,7 @@ where
         for ancestor in span.scope().skip(1) {
             if let Some(Attached(c)) = ancestor.extensions().get::<Attached>() {
                 c.add_query(
-                    statement,
+                    &statement,
                     elapsed,
                     Instant::now(),
                     db.fields.rows_returned,
@@ -572,7 +589,7 @@ pub fn record_query(statement: &str, elapsed: Duration, rows_returned: Option<u6
             for s in span.scope() {
                 if let Some(Attached(c)) = s.extensions().get::<Attached>() {
                     c.add_query(
-                        statement.to_owned(),
+                        statement,
                         elapsed,
                         now,
                         rows_returned,

@@ -25,7 +25,7 @@ use tracing::Span;
 use super::{
     capture::{Collector, request_span},
     record::RequestRecord,
-    redact::{redact_headers, redact_query},
+    redact::{Redaction, redact_headers},
     store::{ProfileStore, StoreLimits},
 };
 use crate::{error::ConfigError, identity::IdentityReader, key::push_decimal};
@@ -152,6 +152,7 @@ struct Shared {
     max_queries: usize,
     metrics: bool,
     identity: IdentityReader,
+    redaction: Arc<Redaction>,
     counter: Arc<AtomicU64>,
 }
 
@@ -195,6 +196,7 @@ impl ProfilerLayer {
                 max_queries: 1000,
                 metrics: true,
                 identity: IdentityReader::new(),
+                redaction: Arc::new(Redaction::default()),
                 counter: Arc::new(AtomicU64::new(0)),
             }),
         }
@@ -302,6 +304,12 @@ impl ProfilerLayer {
         self.edit(|s| s.metrics = on)
     }
 
+    /// What is recorded of header and query values.
+    /// By default, [`Redaction::allowlist`]: only harmless values.
+    pub fn redaction(self, redaction: Redaction) -> Self {
+        self.edit(|s| s.redaction = Arc::new(redaction))
+    }
+
     /// How to read the user and tenant from request extensions.
     /// By default, [`IdentityReader::new`] (anonymous, no tenant).
     pub fn identity(self, reader: IdentityReader) -> Self {
@@ -375,14 +383,25 @@ impl Shared {
     }
 }
 
-/// The matched route, else the path with id-like segments replaced by `{id}` so that
-/// metrics labels stay bounded.
-fn route_of<B>(req: &Request<B>) -> String {
+/// The matched route template (axum's `MatchedPath`), when a router set one.
+#[cfg_attr(not(feature = "axum"), allow(clippy::unnecessary_wraps))]
+fn matched_route<B>(req: &Request<B>) -> Option<&str> {
     #[cfg(feature = "axum")]
     if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return m.as_str().to_owned();
+        return Some(m.as_str());
     }
-    generic_route(req.uri().path())
+    let _ = req;
+    None
+}
+
+/// Whether a path segment looks like a value (an id, a token) rather than a name:
+/// digits, hexadecimal or UUID-like runs, long segments, and segments mixing letters with
+/// digits.
+fn variable_segment(seg: &str) -> bool {
+    let digits = seg.bytes().filter(u8::is_ascii_digit).count();
+    let hexish = seg.len() >= 16 && seg.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    !seg.is_empty()
+        && (digits == seg.len() || hexish || seg.len() >= 24 || (digits > 0 && seg.len() >= 8))
 }
 
 fn generic_route(path: &str) -> String {
@@ -391,9 +410,7 @@ fn generic_route(path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        let hexish = seg.len() >= 16 && seg.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        let numeric = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit());
-        if hexish || numeric {
+        if variable_segment(seg) {
             out.push_str("{id}");
         } else {
             out.push_str(seg);
@@ -428,6 +445,7 @@ fn draft_record<B>(
     route: &str,
     req: &Request<B>,
     identity: IdentityReader,
+    redaction: &Redaction,
 ) -> RequestRecord {
     let ext = req.extensions();
     RequestRecord {
@@ -438,12 +456,14 @@ fn draft_record<B>(
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(128).collect()),
         method: req.method().as_str().to_owned(),
-        path: truncated(req.uri().path(), 2048).to_owned(),
+        // The path is stored as its route: tokens in paths (password resets, invitations)
+        // are not kept.
+        path: route.to_owned(),
         route: route.to_owned(),
         query: req
             .uri()
             .query()
-            .map(|q| redact_query(&q.chars().take(2048).collect::<String>())),
+            .map(|q| redaction.redact_query(truncated(q, 2048))),
         status: 0,
         started_at_ms: unix_ms(),
         duration_ms: 0.0,
@@ -453,7 +473,7 @@ fn draft_record<B>(
             .or_else(|| identity.principal_tenant_id(ext))
             .map(str::to_owned),
         user: identity.user_id(ext).map(str::to_owned),
-        request_headers: redact_headers(req.headers()),
+        request_headers: redact_headers(req.headers(), redaction),
         response_headers: Vec::new(),
         queries: Vec::new(),
         query_count: 0,
@@ -480,17 +500,23 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let sh = &self.shared;
-        let route = route_of(&req);
+        let matched = matched_route(&req);
+        // Labels from a closed set: the route template, else one `unmatched` series.
+        let route_label = match matched {
+            Some(m) => metrics::SharedString::from(m.to_owned()),
+            None => metrics::SharedString::const_str("unmatched"),
+        };
         let method = req.method().clone();
         let (collector, span) = if sh.sampled(&req) {
             let id = sh.store.next_id();
+            let route = matched.map_or_else(|| generic_route(req.uri().path()), str::to_owned);
             let c = Arc::new(Collector::new(
                 start,
-                draft_record(id, &route, &req, sh.identity),
+                draft_record(id, &route, &req, sh.identity, &sh.redaction),
                 sh.store.clone(),
                 sh.n_plus_one_threshold,
                 sh.max_queries,
-                sh.metrics,
+                sh.metrics.then(|| route_label.clone()),
             ));
             let span = request_span(&c, id);
             (Some(c), span)
@@ -507,7 +533,8 @@ where
             state: Some(Guard {
                 start,
                 method,
-                route,
+                route: route_label,
+                redaction: collector.as_ref().map(|_| Arc::clone(&sh.redaction)),
                 status: 0,
                 bytes: 0,
                 collector,
@@ -533,7 +560,8 @@ fn method_label(m: &Method) -> metrics::SharedString {
     ];
     match STANDARD.iter().find(|(s, _)| s == m) {
         Some((_, name)) => metrics::SharedString::const_str(name),
-        None => metrics::SharedString::from(m.as_str().to_owned()),
+        // Invented methods share one series.
+        None => metrics::SharedString::const_str("other"),
     }
 }
 
@@ -604,7 +632,8 @@ fn server_timing_value(total: std::time::Duration, db: Option<(usize, f64)>) -> 
 struct Guard {
     start: Instant,
     method: Method,
-    route: String,
+    route: metrics::SharedString,
+    redaction: Option<Arc<Redaction>>,
     status: u16,
     bytes: u64,
     collector: Option<Arc<Collector>>,
@@ -615,11 +644,10 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         if self.metrics {
-            // The route is not needed after this: moved into the label, not copied.
             metrics::histogram!(
                 "rampart_profiler_request_duration_seconds",
                 "method" => method_label(&self.method),
-                "route" => std::mem::take(&mut self.route),
+                "route" => self.route.clone(),
                 "status" => status_label(self.status),
             )
             .record(elapsed.as_secs_f64());
@@ -684,8 +712,8 @@ where
                 parts.headers.append(SERVER_TIMING, v);
             }
         }
-        if let Some(c) = &guard.collector {
-            c.lock().record.response_headers = redact_headers(&parts.headers);
+        if let (Some(c), Some(r)) = (&guard.collector, &guard.redaction) {
+            c.lock().record.response_headers = redact_headers(&parts.headers, r);
         }
         let span = std::mem::replace(this.span, Span::none());
         Poll::Ready(Ok(Response::from_parts(
@@ -789,6 +817,15 @@ mod tests {
             "/u/{id}"
         );
         assert_eq!(generic_route("/health/"), "/health/");
+        assert_eq!(
+            generic_route("/reset/k3j4h5g6f7/confirm"),
+            "/reset/{id}/confirm"
+        );
+        assert_eq!(
+            generic_route("/invite/abcdefghijklmnopqrstuvwxyzABCD"),
+            "/invite/{id}"
+        );
+        assert_eq!(generic_route("/api/v2/orders"), "/api/v2/orders");
         assert!(generic_route(&"/a".repeat(300)).len() <= 200);
         assert_eq!(truncated("aé", 2), "a");
         assert_eq!(truncated("abc", 5), "abc");

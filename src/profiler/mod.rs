@@ -9,7 +9,8 @@
 //!   `sqlx::query` events and OpenTelemetry-style `db.statement` spans and events to the
 //!   request they run in; [`record_query`] does the same for other drivers.
 //! - Statements are normalised ([`normalize_sql`]): values and bind parameters are never
-//!   stored. Credentials in headers and query strings are masked ([`redact_query`]).
+//!   stored. Header and query values are recorded only for an allowlist of harmless
+//!   names ([`Redaction`]); paths are stored as their route template.
 //! - [`ProfilerUi`] serves the records as HTML and JSON, and answers `403` until given an
 //!   authorization predicate.
 //!
@@ -61,6 +62,6 @@ pub use layer::{
 };
 pub use normalize::{NPlusOne, SimilarGroup, normalize_sql};
 pub use record::{QueryRecord, RequestRecord};
-pub use redact::{REDACTED, is_sensitive_field, is_sensitive_header, redact_query};
+pub use redact::{REDACTED, Redaction, is_sensitive_field, is_sensitive_header, redact_query};
 pub use store::{ProfileStore, StoreLimits};
 pub use ui::ProfilerUi;
