@@ -148,6 +148,8 @@ struct Shared {
     store: ProfileStore,
     sampler: Sampler,
     server_timing: bool,
+    /// Who gets `Server-Timing`; `None`: requests with an authenticated user.
+    server_timing_when: Option<Arc<SampleFn>>,
     n_plus_one_threshold: usize,
     max_queries: usize,
     metrics: bool,
@@ -192,6 +194,7 @@ impl ProfilerLayer {
                 store: ProfileStore::default(),
                 sampler: Sampler::Ratio(u64::MAX),
                 server_timing: true,
+                server_timing_when: None,
                 n_plus_one_threshold: 5,
                 max_queries: 1000,
                 metrics: true,
@@ -271,9 +274,33 @@ impl ProfilerLayer {
     }
 
     /// Adds a `Server-Timing` header (`total;dur=…, db;dur=…;desc="N queries"`) to
-    /// profiled responses (`total` only on others). By default, `true`.
+    /// profiled responses (`total` only on others) of the requests
+    /// [`server_timing_when`](Self::server_timing_when) allows. By default, `true`.
     pub fn server_timing(self, on: bool) -> Self {
         self.edit(|s| s.server_timing = on)
+    }
+
+    /// Sends `Server-Timing` only to the requests for which `f` answers `true` (timings
+    /// and query counts tell an attacker which requests hit the database and how hard).
+    /// By default, requests with an authenticated user (see
+    /// [`identity`](Self::identity)): never to anonymous clients, and to nobody while no
+    /// identity is configured.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::profiler::ProfilerLayer;
+    ///
+    /// // Developers only: a header set by the authenticating proxy.
+    /// let layer = ProfilerLayer::new()
+    ///     .server_timing_when(|r| r.headers().get("x-staff").is_some_and(|v| v == "1"));
+    /// # let _ = layer;
+    /// ```
+    pub fn server_timing_when<F>(self, f: F) -> Self
+    where
+        F: Fn(&SampleRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.edit(|s| s.server_timing_when = Some(Arc::new(f)))
     }
 
     /// Consecutive executions of one statement after a source query that make an N+1
@@ -338,7 +365,7 @@ impl<S> Layer<S> for ProfilerLayer {
 /// use tower_rampart::profiler::ProfilerLayer;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let profiler = ProfilerLayer::new();
+/// let profiler = ProfilerLayer::new().server_timing_when(|_| true);
 /// let svc = profiler.layer(service_fn(|_req: http::Request<()>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
 /// }));
@@ -368,6 +395,21 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 impl Shared {
+    fn timing_allowed<B>(&self, req: &Request<B>) -> bool {
+        if !self.server_timing {
+            return false;
+        }
+        match &self.server_timing_when {
+            None => self.identity.user_id(req.extensions()).is_some(),
+            Some(f) => f(&SampleRequest {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            }),
+        }
+    }
+
     fn sampled<B>(&self, req: &Request<B>) -> bool {
         match &self.sampler {
             Sampler::Ratio(u64::MAX) => true,
@@ -507,6 +549,7 @@ where
             None => metrics::SharedString::const_str("unmatched"),
         };
         let method = req.method().clone();
+        let server_timing = sh.timing_allowed(&req);
         let (collector, span) = if sh.sampled(&req) {
             let id = sh.store.next_id();
             let route = matched.map_or_else(|| generic_route(req.uri().path()), str::to_owned);
@@ -540,7 +583,7 @@ where
                 collector,
                 metrics: sh.metrics,
             }),
-            server_timing: sh.server_timing,
+            server_timing,
         }
     }
 }

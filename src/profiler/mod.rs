@@ -27,7 +27,8 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let _guard = tracing_subscriber::registry().with(query_capture_layer()).set_default();
-//! let profiler = ProfilerLayer::new();
+//! // Server-Timing for everyone here; by default only for authenticated users.
+//! let profiler = ProfilerLayer::new().server_timing_when(|_| true);
 //! let svc = profiler.layer(service_fn(|_req: http::Request<()>| async {
 //!     // sqlx queries are captured from its events; other drivers call record_query.
 //!     record_query("SELECT * FROM orders WHERE id = 42", std::time::Duration::from_millis(3), Some(1));

@@ -167,8 +167,29 @@ fn hello() -> impl tower::Service<
 }
 
 #[tokio::test]
+async fn anonymous_requests_get_no_server_timing() {
+    let profiler =
+        ProfilerLayer::new().identity(IdentityReader::new().user::<Claims>().tenant::<Tenant>());
+    let svc = profiler.layer(hello());
+    let (_, headers) = send(svc.clone(), Request::new(())).await;
+    assert!(headers.get("server-timing").is_none(), "anonymous");
+    let (_, headers) = send(svc, Request::get("/").extension(Claims("alice")).body(()).unwrap()).await;
+    assert!(headers.contains_key("server-timing"), "authenticated");
+    // No identity configured: nobody is known, nobody gets it.
+    let (_, headers) = send(ProfilerLayer::new().layer(hello()), Request::new(())).await;
+    assert!(headers.get("server-timing").is_none());
+    let only_staff = ProfilerLayer::new().server_timing_when(|r| r.headers().contains_key("x-staff"));
+    let req = Request::get("/").header("x-staff", "1").body(()).unwrap();
+    let (_, headers) = send(only_staff.layer(hello()), req).await;
+    assert!(headers.contains_key("server-timing"));
+}
+
+#[tokio::test]
 async fn sampling_zero_percent_records_nothing() {
-    let profiler = ProfilerLayer::new().sample_percent(0.0).unwrap();
+    let profiler = ProfilerLayer::new()
+        .sample_percent(0.0)
+        .unwrap()
+        .server_timing_when(|_| true);
     let svc = profiler.layer(hello());
     for _ in 0..200 {
         let (_, headers) = send(svc.clone(), Request::new(())).await;
@@ -475,7 +496,9 @@ async fn sqlx_summary_otel_spans_and_elapsed_fallback() {
 #[tokio::test]
 async fn per_request_query_cap_and_n_plus_one_from_events() {
     let _g = subscriber_guard();
-    let profiler = ProfilerLayer::new().max_queries_per_request(10);
+    let profiler = ProfilerLayer::new()
+        .max_queries_per_request(10)
+        .server_timing_when(|_| true);
     let svc = profiler.layer(service_fn(|_req: Request<()>| async {
         record_query("SELECT id FROM orders", Duration::from_micros(5), None);
         for i in 0..20 {
