@@ -865,7 +865,8 @@ async fn control_characters_in_a_report_yield_one_escaped_log_line() {
             .with_writer(move || writer.clone()),
     );
     let _g = tracing::subscriber::set_default(subscriber);
-    let forged = "https://example.com/\n2026-01-01T00:00:00Z  INFO admin logged in\u{1b}[2J\u{2028}x";
+    let forged =
+        "https://example.com/\n2026-01-01T00:00:00Z  INFO admin logged in\u{1b}[2J\u{2028}x";
     let body = serde_json::json!({"csp-report": {
         "document-uri": forged,
         "effective-directive": "img-src\r\nFAKE",
@@ -881,5 +882,8 @@ async fn control_characters_in_a_report_yield_one_escaped_log_line() {
     for c in ['\r', '\u{1b}', '\u{2028}'] {
         assert!(!out.contains(c), "{c:?} reached the log: {out}");
     }
-    assert!(out.contains("admin logged in"), "the text itself is kept: {out}");
+    assert!(
+        out.contains("admin logged in"),
+        "the text itself is kept: {out}"
+    );
 }

@@ -588,14 +588,7 @@ pub fn record_query(statement: &str, elapsed: Duration, rows_returned: Option<u6
             let span = registry.span(id)?;
             for s in span.scope() {
                 if let Some(Attached(c)) = s.extensions().get::<Attached>() {
-                    c.add_query(
-                        statement,
-                        elapsed,
-                        now,
-                        rows_returned,
-                        None,
-                        "manual",
-                    );
+                    c.add_query(statement, elapsed, now, rows_returned, None, "manual");
                     return Some(());
                 }
             }

@@ -321,17 +321,15 @@ fn tokenize<'a>(
             let hex = c == '0' && matches!(chars.get(i + 1), Some('x' | 'X'));
             while i < n {
                 let d = chars[i];
-                if d.is_alphanumeric() || d == '_' || d == '.' {
-                    i += 1;
-                } else if (d == '-' || d == '+')
+                let part = d.is_alphanumeric() || d == '_' || d == '.';
+                let exponent_sign = (d == '-' || d == '+')
                     && !hex
                     && matches!(chars[i - 1], 'e' | 'E')
-                    && chars.get(i + 1).is_some_and(char::is_ascii_digit)
-                {
-                    i += 1;
-                } else {
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+                if !(part || exponent_sign) {
                     break;
                 }
+                i += 1;
             }
             // A leading minus sign right after an operator or a keyword belongs to the literal.
             if matches!(toks.last(), Some(Tok::Punct(p)) if *p == "-") {
@@ -385,7 +383,10 @@ fn tokenize<'a>(
                 let spaced = i > 0 && chars[i - 1].is_whitespace() && !toks.is_empty();
                 toks.push(Tok::Punct(if spaced { " (" } else { "(" }));
                 i += 1;
-            } else if matches!(two, "<=" | ">=" | "<>" | "!=" | "||" | "::" | "->" | "=>" | "#>" | "#-") {
+            } else if matches!(
+                two,
+                "<=" | ">=" | "<>" | "!=" | "||" | "::" | "->" | "=>" | "#>" | "#-"
+            ) {
                 toks.push(Tok::Punct(two));
                 i += 2;
             } else {
@@ -688,7 +689,10 @@ mod tests {
                 "SELECT \"t\".\"c\" FROM \"users\" AS \"u\"",
                 "SELECT \"t\".\"c\" FROM \"users\" AS \"u\"",
             ),
-            ("SELECT a[1], ARRAY[2, 3] FROM t", "SELECT a[?], ARRAY[?, ?] FROM t"),
+            (
+                "SELECT a[1], ARRAY[2, 3] FROM t",
+                "SELECT a[?], ARRAY[?, ?] FROM t",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(normalize_sql(input), want, "input: {input}");
@@ -778,7 +782,10 @@ mod tests {
             normalize_sql("SELECT * FROM u WHERE a = 0b1011 AND b = 4_111_111"),
             "SELECT * FROM u WHERE a = ? AND b = ?"
         );
-        assert_eq!(normalize_sql("SELECT a #> b, c #- d"), "SELECT a #> b, c #- d");
+        assert_eq!(
+            normalize_sql("SELECT a #> b, c #- d"),
+            "SELECT a #> b, c #- d"
+        );
     }
 
     /// A literal in one of the forms the three dialects accept, around `secret`.

@@ -98,7 +98,15 @@ const SAFE_HEADERS: [&str; 19] = [
 
 /// Query parameters whose values are recorded by default: paging and sorting.
 const SAFE_PARAMS: [&str; 9] = [
-    "page", "per_page", "page_size", "limit", "offset", "sort", "order", "format", "lang",
+    "page",
+    "per_page",
+    "page_size",
+    "limit",
+    "offset",
+    "sort",
+    "order",
+    "format",
+    "lang",
 ];
 
 /// What the profiler records of header and query values.
@@ -393,7 +401,9 @@ mod tests {
         let out = redact_headers(&h, &custom);
         assert!(out.contains(&("x-anything-new".to_owned(), "s3cr3t-value".to_owned())));
 
-        for name in ["jwt", "code", "auth", "pass", "pwd", "sig", "otp", "state", "email"] {
+        for name in [
+            "jwt", "code", "auth", "pass", "pwd", "sig", "otp", "state", "email",
+        ] {
             let q = format!("page=1&{name}=hunter2&sort=asc");
             let r = redact_query(&q);
             assert_eq!(r, format!("page=1&{name}=[redacted]&sort=asc"));

@@ -173,12 +173,20 @@ async fn anonymous_requests_get_no_server_timing() {
     let svc = profiler.layer(hello());
     let (_, headers) = send(svc.clone(), Request::new(())).await;
     assert!(headers.get("server-timing").is_none(), "anonymous");
-    let (_, headers) = send(svc, Request::get("/").extension(Claims("alice")).body(()).unwrap()).await;
+    let (_, headers) = send(
+        svc,
+        Request::get("/")
+            .extension(Claims("alice"))
+            .body(())
+            .unwrap(),
+    )
+    .await;
     assert!(headers.contains_key("server-timing"), "authenticated");
     // No identity configured: nobody is known, nobody gets it.
     let (_, headers) = send(ProfilerLayer::new().layer(hello()), Request::new(())).await;
     assert!(headers.get("server-timing").is_none());
-    let only_staff = ProfilerLayer::new().server_timing_when(|r| r.headers().contains_key("x-staff"));
+    let only_staff =
+        ProfilerLayer::new().server_timing_when(|r| r.headers().contains_key("x-staff"));
     let req = Request::get("/").header("x-staff", "1").body(()).unwrap();
     let (_, headers) = send(only_staff.layer(hello()), req).await;
     assert!(headers.contains_key("server-timing"));
@@ -321,7 +329,11 @@ fn the_slowest_records_count_against_the_byte_cap() {
     // Ever slower requests, each with large (already normalised) statements.
     for i in 0..500u64 {
         store.push(record(i + 1, i as f64, 20));
-        let held: usize = store.records().iter().map(RequestRecord::approx_bytes).sum();
+        let held: usize = store
+            .records()
+            .iter()
+            .map(RequestRecord::approx_bytes)
+            .sum();
         assert!(held <= cap, "{held} bytes held after {i} records");
         assert!(store.bytes() <= cap);
     }
@@ -333,7 +345,10 @@ async fn huge_statements_are_cut_as_they_arrive() {
     let profiler = ProfilerLayer::new()
         .with_store(ProfileStore::new(StoreLimits::default().max_bytes(1 << 20)).unwrap());
     let svc = profiler.layer(service_fn(|_req: Request<()>| async {
-        let huge = format!("SELECT * FROM t WHERE {}", "a = 'sk_live' OR ".repeat(100_000));
+        let huge = format!(
+            "SELECT * FROM t WHERE {}",
+            "a = 'sk_live' OR ".repeat(100_000)
+        );
         for _ in 0..50 {
             record_query(&huge, Duration::from_millis(1), None);
         }
@@ -356,7 +371,10 @@ fn labels_stay_bounded_under_random_paths_and_methods() {
         .build()
         .unwrap();
     metrics::with_local_recorder(&recorder, || {
-        let svc = ProfilerLayer::new().sample_percent(0.0).unwrap().layer(hello());
+        let svc = ProfilerLayer::new()
+            .sample_percent(0.0)
+            .unwrap()
+            .layer(hello());
         for i in 0..10_000u32 {
             let method = if i % 2 == 0 {
                 format!("M{i}")
@@ -376,7 +394,12 @@ fn labels_stay_bounded_under_random_paths_and_methods() {
         .into_iter()
         .map(|h| h.labels)
         .collect();
-    assert_eq!(series.len(), 2, "{:?}", series.iter().take(5).collect::<Vec<_>>());
+    assert_eq!(
+        series.len(),
+        2,
+        "{:?}",
+        series.iter().take(5).collect::<Vec<_>>()
+    );
     for labels in &series {
         assert!(labels.contains(&("route".to_owned(), "unmatched".to_owned())));
     }
