@@ -128,6 +128,13 @@ async fn profiler_is_for_admins_only_and_records_requests() {
     assert_eq!(list.status, 200);
     let timing = list.headers["server-timing"].to_str().unwrap();
     assert!(timing.contains("total;dur="), "{timing}");
+    let not_admin = t.get("/api/v1/accounts", &user).await;
+    assert!(
+        !not_admin.headers.contains_key("server-timing"),
+        "timings only for admins"
+    );
+    let anonymous = t.send(get("/health/")).await;
+    assert!(!anonymous.headers.contains_key("server-timing"));
 
     let ui = t.call(Method::GET, "/_profiler/", Some(&admin), None).await;
     assert_eq!(ui.status, 200);
@@ -206,7 +213,8 @@ fn a_broken_rate_limit_table_is_a_startup_error() {
 #[tokio::test]
 async fn the_bare_stack_has_no_library_layers_and_the_full_one_has_them_all() {
     let t = TestApp::sqlite().await;
-    let tok = t.token("acme", "user").await;
+    // An admin: `Server-Timing` is for admins only.
+    let tok = t.token("acme", "admin").await;
     let req = || {
         Request::get("/api/v1/reports/trial-balance")
             .header("authorization", format!("Bearer {tok}"))
