@@ -22,6 +22,8 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
+use crate::log_safe::Escaped;
+
 use super::{
     normalize::{n_plus_one, similar_groups},
     record::{QueryRecord, RequestRecord},
@@ -46,7 +48,8 @@ pub(crate) struct Collector {
     pub(crate) start: Instant,
     draft: Mutex<Draft>,
     store: ProfileStore,
-    n_plus_one_threshold: usize,
+    /// The N+1 threshold (repeats) and the floor (total milliseconds) of a signalled finding.
+    n_plus_one: (usize, f64),
     max_queries: usize,
     /// The `route` label of the queries-per-request histogram, when metrics are on.
     metrics: Option<metrics::SharedString>,
@@ -63,7 +66,7 @@ impl Collector {
         start: Instant,
         record: RequestRecord,
         store: ProfileStore,
-        n_plus_one_threshold: usize,
+        n_plus_one: (usize, f64),
         max_queries: usize,
         metrics: Option<metrics::SharedString>,
     ) -> Self {
@@ -75,7 +78,7 @@ impl Collector {
                 db_ms: 0.0,
             }),
             store,
-            n_plus_one_threshold,
+            n_plus_one,
             max_queries,
             metrics,
         }
@@ -113,7 +116,9 @@ impl Collector {
                 return;
             }
         }
-        let statement = self.store.normalize(cut(raw_statement, MAX_RAW_STATEMENT));
+        let statement = self
+            .store
+            .normalize(truncated(raw_statement, MAX_RAW_STATEMENT));
         let mut d = self.lock();
         d.record.queries.push(QueryRecord {
             statement,
@@ -136,15 +141,16 @@ impl Collector {
 /// cut open becomes one `?` to the end, so nothing leaks).
 const MAX_RAW_STATEMENT: usize = 16 * 1024;
 
-fn cut(s: &str, max: usize) -> &str {
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(crate) fn truncated(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
-    let mut at = max;
-    while !s.is_char_boundary(at) {
-        at -= 1;
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
     }
-    &s[..at]
+    &s[..cut]
 }
 
 impl Drop for Collector {
@@ -157,7 +163,27 @@ impl Drop for Collector {
         record.query_count = d.query_count;
         record.db_ms = d.db_ms;
         record.similar = similar_groups(&record.queries);
-        record.n_plus_one = n_plus_one(&record.queries, self.n_plus_one_threshold);
+        record.n_plus_one = n_plus_one(&record.queries, self.n_plus_one.0);
+        // Signals for the findings over the floor: fast repeated queries raise no noise.
+        for f in record
+            .n_plus_one
+            .iter()
+            .filter(|f| f.total_ms >= self.n_plus_one.1)
+        {
+            if let Some(route) = &self.metrics {
+                metrics::counter!("rampart_profiler_n_plus_one_total", "route" => route.clone())
+                    .increment(1);
+            }
+            tracing::warn!(
+                target: "tower_rampart::profiler",
+                route = %Escaped(&record.route),
+                statement = %Escaped(&f.statement),
+                source = %Escaped(&f.source),
+                count = f.count,
+                total_ms = f.total_ms,
+                "N+1 queries"
+            );
+        }
         if let Some(route) = self.metrics.take() {
             #[allow(clippy::cast_precision_loss)]
             metrics::histogram!("rampart_profiler_queries_per_request", "route" => route)

@@ -23,7 +23,7 @@ use tower_service::Service;
 use tracing::Span;
 
 use super::{
-    capture::{Collector, request_span},
+    capture::{Collector, request_span, truncated},
     record::RequestRecord,
     redact::{Redaction, redact_headers},
     store::{ProfileStore, StoreLimits},
@@ -99,6 +99,9 @@ pub struct ProfilerConfig {
     pub server_timing: bool,
     /// Consecutive executions of one statement that make an N+1 finding. By default, 5.
     pub n_plus_one_threshold: usize,
+    /// The least total time, in milliseconds, of an N+1 finding that is signalled (counter
+    /// and warning). By default, 50.
+    pub n_plus_one_min_total_ms: f64,
     /// Queries kept per request (the rest are counted). By default, 1000.
     pub max_queries_per_request: usize,
     /// Whether to record `metrics` histograms. By default, `true`.
@@ -113,6 +116,7 @@ impl Default for ProfilerConfig {
             sample_percent: 100.0,
             server_timing: true,
             n_plus_one_threshold: 5,
+            n_plus_one_min_total_ms: 50.0,
             max_queries_per_request: 1000,
             metrics: true,
             store: StoreLimits::default(),
@@ -151,6 +155,7 @@ struct Shared {
     /// Who gets `Server-Timing`; `None`: requests with an authenticated user.
     server_timing_when: Option<Arc<SampleFn>>,
     n_plus_one_threshold: usize,
+    n_plus_one_min_total_ms: f64,
     max_queries: usize,
     metrics: bool,
     identity: IdentityReader,
@@ -196,6 +201,7 @@ impl ProfilerLayer {
                 server_timing: true,
                 server_timing_when: None,
                 n_plus_one_threshold: 5,
+                n_plus_one_min_total_ms: 50.0,
                 max_queries: 1000,
                 metrics: true,
                 identity: IdentityReader::new(),
@@ -214,7 +220,8 @@ impl ProfilerLayer {
         Self::new()
             .with_store(ProfileStore::new(cfg.store)?)
             .sample_percent(cfg.sample_percent)?
-            .n_plus_one_threshold(cfg.n_plus_one_threshold)
+            .n_plus_one_threshold(cfg.n_plus_one_threshold)?
+            .n_plus_one_min_total_ms(cfg.n_plus_one_min_total_ms)
             .map(|l| {
                 l.server_timing(cfg.server_timing)
                     .max_queries_per_request(cfg.max_queries_per_request)
@@ -316,6 +323,34 @@ impl ProfilerLayer {
             )));
         }
         Ok(self.edit(|s| s.n_plus_one_threshold = n))
+    }
+
+    /// The least total time of an N+1 finding that is signalled: the counter
+    /// `rampart_profiler_n_plus_one_total{route}` and a `tracing` warning (target
+    /// `tower_rampart::profiler`). Every finding still shows in the record.
+    /// By default, 50 milliseconds.
+    ///
+    /// # Errors
+    ///
+    /// When `ms` is negative or not a number.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::profiler::ProfilerLayer;
+    ///
+    /// let layer = ProfilerLayer::new().n_plus_one_min_total_ms(10.0).unwrap();
+    /// assert!(ProfilerLayer::new().n_plus_one_min_total_ms(-1.0).is_err());
+    /// # let _ = layer;
+    /// ```
+    pub fn n_plus_one_min_total_ms(self, ms: f64) -> Result<Self, ConfigError> {
+        if !(ms >= 0.0 && ms.is_finite()) {
+            return Err(ConfigError::new(format!(
+                "profiler: n_plus_one_min_total_ms = {ms} must be a number of milliseconds, \
+                 0 or more (the default is 50)"
+            )));
+        }
+        Ok(self.edit(|s| s.n_plus_one_min_total_ms = ms))
     }
 
     /// Queries kept per request; further ones are only counted. By default, 1000.
@@ -464,18 +499,6 @@ fn generic_route(path: &str) -> String {
     out
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncated(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -557,7 +580,7 @@ where
                 start,
                 draft_record(id, &route, &req, sh.identity, &sh.redaction),
                 sh.store.clone(),
-                sh.n_plus_one_threshold,
+                (sh.n_plus_one_threshold, sh.n_plus_one_min_total_ms),
                 sh.max_queries,
                 sh.metrics.then(|| route_label.clone()),
             ));

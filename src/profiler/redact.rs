@@ -303,10 +303,21 @@ mod tests {
     use http::HeaderValue;
     use proptest::prelude::*;
 
+    /// Headers with these names, each holding `s3cr3t-value`.
+    fn secret_headers(names: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for name in names {
+            h.insert(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static("s3cr3t-value"),
+            );
+        }
+        h
+    }
+
     #[test]
     fn each_sensitive_header_is_masked() {
-        let mut h = HeaderMap::new();
-        for name in [
+        let mut h = secret_headers(&[
             "authorization",
             "proxy-authorization",
             "cookie",
@@ -318,12 +329,7 @@ mod tests {
             "x-amz-security-token",
             "x-client-secret",
             "x-hub-signature",
-        ] {
-            h.insert(
-                http::HeaderName::from_static(name),
-                HeaderValue::from_static("s3cr3t-value"),
-            );
-        }
+        ]);
         h.insert("accept", HeaderValue::from_static("text/html"));
         h.insert("x-bin", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
         h.insert("x-long", HeaderValue::from_str(&"a".repeat(2000)).unwrap());
@@ -369,8 +375,7 @@ mod tests {
 
     #[test]
     fn by_default_only_harmless_values_are_kept() {
-        let mut h = HeaderMap::new();
-        for name in [
+        let mut h = secret_headers(&[
             "authorization",
             "x-jwt-assertion",
             "cf-access-jwt-assertion",
@@ -380,12 +385,7 @@ mod tests {
             "cookie",
             "referer",
             "x-anything-new",
-        ] {
-            h.insert(
-                http::HeaderName::from_static(name),
-                HeaderValue::from_static("s3cr3t-value"),
-            );
-        }
+        ]);
         h.insert("accept", HeaderValue::from_static("text/html"));
         h.insert("user-agent", HeaderValue::from_static("curl/8"));
         let out = redact_headers(&h, &Redaction::default());

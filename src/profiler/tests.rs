@@ -405,6 +405,43 @@ fn labels_stay_bounded_under_random_paths_and_methods() {
     }
 }
 
+#[test]
+fn n_plus_one_findings_over_the_floor_are_counted() {
+    let recorder = crate::test_util::TestRecorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let run = |floor_ms: f64, each_ms: u64| {
+        metrics::with_local_recorder(&recorder, || {
+            let _g = subscriber_guard();
+            let profiler = ProfilerLayer::new()
+                .n_plus_one_min_total_ms(floor_ms)
+                .unwrap();
+            let svc = profiler.layer(service_fn(move |_req: Request<()>| async move {
+                record_query("SELECT id FROM orders", Duration::from_millis(1), None);
+                for _ in 0..6 {
+                    // Sequential: each query ends after the previous one ended.
+                    std::thread::sleep(Duration::from_millis(each_ms));
+                    record_query(
+                        "SELECT * FROM items WHERE order_id = 1",
+                        Duration::from_millis(each_ms),
+                        None,
+                    );
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }));
+            rt.block_on(send(svc, Request::get("/orders").body(()).unwrap()));
+            assert_eq!(profiler.store().records()[0].n_plus_one.len(), 1);
+        });
+        recorder.counter_total(
+            "rampart_profiler_n_plus_one_total",
+            &[("route", "unmatched")],
+        )
+    };
+    assert_eq!(run(50.0, 1), 0, "6 fast repeats under the floor: no signal");
+    assert_eq!(run(50.0, 10), 1, "60 ms of repeats: one signal");
+}
+
 #[tokio::test]
 async fn concurrent_requests_keep_their_own_queries() {
     let _g = subscriber_guard();
