@@ -343,8 +343,10 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
         .sample_with(|r| !r.uri().path().starts_with("/_profiler"))
         .identity(identity())
         .server_timing_when(|r| is_admin(r.extensions()));
-    let profiler_ui =
-        ProfilerUi::new(profiler.store()).authorize(|parts| is_admin(&parts.extensions));
+    // An admin sees the records of their own tenant only.
+    let profiler_ui = ProfilerUi::new(profiler.store())
+        .authorize(|parts| is_admin(&parts.extensions))
+        .same_tenant(identity());
     let mut router = Router::new()
         .route("/health/", get(health::health))
         .route("/health/live/", get(health::live))
