@@ -193,7 +193,7 @@ impl Drop for Collector {
     }
 }
 
-fn empty_record() -> RequestRecord {
+pub(crate) fn empty_record() -> RequestRecord {
     RequestRecord {
         id: 0,
         request_id: None,

@@ -49,6 +49,7 @@ mod normalize;
 mod record;
 mod redact;
 mod store;
+mod testing;
 mod ui;
 
 #[cfg(test)]
@@ -65,4 +66,5 @@ pub use normalize::{NPlusOne, SimilarGroup, normalize_sql};
 pub use record::{QueryRecord, RequestRecord};
 pub use redact::{REDACTED, Redaction, is_sensitive_field, is_sensitive_header, redact_query};
 pub use store::{ProfileStore, StoreLimits};
+pub use testing::{assert_max_queries, assert_no_queries, capture_queries};
 pub use ui::ProfilerUi;
