@@ -48,6 +48,9 @@ pub mod csp;
 pub mod error;
 pub mod identity;
 pub mod key;
+// Used by the layers that log request-controlled text.
+#[allow(dead_code)]
+mod log_safe;
 // Which helpers a build uses depends on the features under test.
 #[cfg(test)]
 #[allow(dead_code)]

@@ -220,7 +220,7 @@ async fn hundred_concurrent_requests_each_see_only_their_own_queries() {
     let svc = profiler.layer(service_fn(move |req: Request<()>| {
         let pool = p.clone();
         async move {
-            let n: u32 = req.uri().path()[1..].parse().unwrap();
+            let n: u32 = req.uri().path()[2..].parse().unwrap();
             for k in 0..3 {
                 // Distinct per request after normalisation: the alias differs.
                 let sql = format!("SELECT count(*) AS r{n}_q{k} FROM items WHERE qty >= ?");
@@ -237,7 +237,8 @@ async fn hundred_concurrent_requests_each_see_only_their_own_queries() {
     let tasks: Vec<_> = (0..100)
         .map(|n| {
             let svc = svc.clone();
-            tokio::spawn(async move { call(svc, &format!("/{n}")).await })
+            // Not `/{n}`: a numeric segment is stored as `{id}`.
+            tokio::spawn(async move { call(svc, &format!("/r{n}")).await })
         })
         .collect();
     for t in tasks {
@@ -247,7 +248,7 @@ async fn hundred_concurrent_requests_each_see_only_their_own_queries() {
     let records = wait_for_records(&profiler.store(), 100).await;
     assert_eq!(records.len(), 100);
     for r in &records {
-        let n = &r.path[1..];
+        let n = &r.path[2..];
         assert_eq!(r.queries.len(), 3, "{} got {:#?}", r.path, r.queries);
         for (k, q) in r.queries.iter().enumerate() {
             assert_eq!(

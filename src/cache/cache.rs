@@ -26,6 +26,7 @@ use crate::{
     error::ConfigError,
     identity::IdentityReader,
     key::{KeyBuilder, KeySink, StackKey, cap_escaped, escape_part, push_escaped},
+    log_safe::Escaped,
 };
 
 /// Longest escaped entry-key tail kept before it is shortened with a digest.
@@ -497,7 +498,7 @@ impl<C: Codec> Cache<C> {
     ) -> Option<T> {
         let value = self.decode_capped(body, max);
         if value.is_none() {
-            tracing::warn!(key = %loc.key, "undecodable cache entry removed");
+            tracing::warn!(key = %Escaped(&loc.key), "undecodable cache entry removed");
             count(&CACHE.corrupt);
             self.shared.store.delete(std::slice::from_ref(loc)).await;
         }
@@ -838,7 +839,7 @@ impl<C: Codec> Cache<C> {
             Flight::Done(body) => match self.decode_body(&body) {
                 Some(v) => Ok(v),
                 None => {
-                    tracing::warn!(key = %loc.key, "shared load result not decodable");
+                    tracing::warn!(key = %Escaped(&loc.key), "shared load result not decodable");
                     Err(LoadError::Shared)
                 }
             },
@@ -872,7 +873,7 @@ impl<C: Codec> Cache<C> {
             }
             Err(_) => {
                 count(&LOADER.load_errors);
-                tracing::warn!(key = %loc.key, "cache load timed out");
+                tracing::warn!(key = %Escaped(&loc.key), "cache load timed out");
                 leader.finish(Flight::TimedOut);
                 return Err(LoadError::Timeout);
             }

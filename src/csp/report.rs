@@ -16,7 +16,7 @@ use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{body::ResponseBody, error::JsonError};
+use crate::{body::ResponseBody, error::JsonError, log_safe::Escaped};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -446,7 +446,7 @@ impl ReportReceiver {
     pub(super) fn reject(&self, err: ReportError) -> ReportResponse {
         metrics::counter!("rampart_csp_reports_rejected_total", "reason" => err.kind.label())
             .increment(1);
-        tracing::debug!(target: "tower_rampart::csp", reason = err.kind.label(), detail = %err.detail, "CSP report refused");
+        tracing::debug!(target: "tower_rampart::csp", reason = err.kind.label(), detail = %Escaped(&err.detail), "CSP report refused");
         let mut res = self.rejection.response(&err);
         res.extensions_mut().insert(err);
         res
@@ -467,8 +467,8 @@ impl ReportReceiver {
             tracing::warn!(
                 target: "tower_rampart::csp",
                 format = v.format.as_str(),
-                document_uri = %v.document_uri,
-                effective_directive = %v.effective_directive,
+                document_uri = %Escaped(&v.document_uri),
+                effective_directive = %Escaped(&v.effective_directive),
                 blocked_uri = v.blocked_uri.as_deref().unwrap_or(""),
                 disposition = v.disposition.as_deref().unwrap_or(""),
                 source_file = v.source_file.as_deref().unwrap_or(""),

@@ -839,3 +839,51 @@ async fn rejection_strategy_is_swappable_and_keeps_the_typed_error() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"nope: 415 Unsupported Media Type");
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn control_characters_in_a_report_yield_one_escaped_log_line() {
+    use tracing_subscriber::prelude::*;
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone()),
+    );
+    let _g = tracing::subscriber::set_default(subscriber);
+    let forged =
+        "https://example.com/\n2026-01-01T00:00:00Z  INFO admin logged in\u{1b}[2J\u{2028}x";
+    let body = serde_json::json!({"csp-report": {
+        "document-uri": forged,
+        "effective-directive": "img-src\r\nFAKE",
+        "violated-directive": "img-src",
+        "blocked-uri": "inline",
+    }})
+    .to_string();
+    let (s, _, _) = answer(ReportReceiver::new(), post("application/csp-report", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.ends_with('\n'));
+    for c in ['\r', '\u{1b}', '\u{2028}'] {
+        assert!(!out.contains(c), "{c:?} reached the log: {out}");
+    }
+    assert!(
+        out.contains("admin logged in"),
+        "the text itself is kept: {out}"
+    );
+}

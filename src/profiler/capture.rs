@@ -22,6 +22,8 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
+use crate::log_safe::Escaped;
+
 use super::{
     normalize::{n_plus_one, similar_groups},
     record::{QueryRecord, RequestRecord},
@@ -46,9 +48,11 @@ pub(crate) struct Collector {
     pub(crate) start: Instant,
     draft: Mutex<Draft>,
     store: ProfileStore,
-    n_plus_one_threshold: usize,
+    /// The N+1 threshold (repeats) and the floor (total milliseconds) of a signalled finding.
+    n_plus_one: (usize, f64),
     max_queries: usize,
-    metrics: bool,
+    /// The `route` label of the queries-per-request histogram, when metrics are on.
+    metrics: Option<metrics::SharedString>,
 }
 
 impl fmt::Debug for Collector {
@@ -62,9 +66,9 @@ impl Collector {
         start: Instant,
         record: RequestRecord,
         store: ProfileStore,
-        n_plus_one_threshold: usize,
+        n_plus_one: (usize, f64),
         max_queries: usize,
-        metrics: bool,
+        metrics: Option<metrics::SharedString>,
     ) -> Self {
         Self {
             start,
@@ -74,7 +78,7 @@ impl Collector {
                 db_ms: 0.0,
             }),
             store,
-            n_plus_one_threshold,
+            n_plus_one,
             max_queries,
             metrics,
         }
@@ -85,11 +89,11 @@ impl Collector {
     }
 
     /// Adds a query that ended at `ended` after running for `elapsed`. The statement is
-    /// stored as given and normalised when the record is finished: this runs where the driver emits its event, possibly on the
-    /// database connection's own thread (sqlx's SQLite worker), so it must stay short.
+    /// normalised as it arrives (memoised, so a repeated statement costs a lookup; a huge
+    /// one is cut first): nothing raw is held until the request ends.
     pub(crate) fn add_query(
         &self,
-        raw_statement: String,
+        raw_statement: &str,
         elapsed: Duration,
         ended: Instant,
         rows_returned: Option<u64>,
@@ -103,15 +107,21 @@ impl Collector {
             .as_secs_f64()
             * 1000.0;
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let mut d = self.lock();
-        d.query_count += 1;
-        d.db_ms += duration_ms;
-        if d.record.queries.len() >= self.max_queries {
-            d.record.queries_dropped += 1;
-            return;
+        {
+            let mut d = self.lock();
+            d.query_count += 1;
+            d.db_ms += duration_ms;
+            if d.record.queries.len() >= self.max_queries {
+                d.record.queries_dropped += 1;
+                return;
+            }
         }
+        let statement = self
+            .store
+            .normalize(truncated(raw_statement, MAX_RAW_STATEMENT));
+        let mut d = self.lock();
         d.record.queries.push(QueryRecord {
-            statement: raw_statement,
+            statement,
             start_ms,
             duration_ms,
             rows_returned,
@@ -127,6 +137,22 @@ impl Collector {
     }
 }
 
+/// The longest raw statement normalised, in bytes: the rest is dropped first (a literal
+/// cut open becomes one `?` to the end, so nothing leaks).
+const MAX_RAW_STATEMENT: usize = 16 * 1024;
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(crate) fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         let d = self.draft.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -134,23 +160,40 @@ impl Drop for Collector {
         record
             .queries
             .sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
-        for q in &mut record.queries {
-            q.statement = self.store.normalize(&q.statement);
-        }
         record.query_count = d.query_count;
         record.db_ms = d.db_ms;
         record.similar = similar_groups(&record.queries);
-        record.n_plus_one = n_plus_one(&record.queries, self.n_plus_one_threshold);
-        if self.metrics {
+        record.n_plus_one = n_plus_one(&record.queries, self.n_plus_one.0);
+        // Signals for the findings over the floor: fast repeated queries raise no noise.
+        for f in record
+            .n_plus_one
+            .iter()
+            .filter(|f| f.total_ms >= self.n_plus_one.1)
+        {
+            if let Some(route) = &self.metrics {
+                metrics::counter!("rampart_profiler_n_plus_one_total", "route" => route.clone())
+                    .increment(1);
+            }
+            tracing::warn!(
+                target: "tower_rampart::profiler",
+                route = %Escaped(&record.route),
+                statement = %Escaped(&f.statement),
+                source = %Escaped(&f.source),
+                count = f.count,
+                total_ms = f.total_ms,
+                "N+1 queries"
+            );
+        }
+        if let Some(route) = self.metrics.take() {
             #[allow(clippy::cast_precision_loss)]
-            metrics::histogram!("rampart_profiler_queries_per_request", "route" => record.route.clone())
+            metrics::histogram!("rampart_profiler_queries_per_request", "route" => route)
                 .record(record.query_count as f64);
         }
         self.store.push(record);
     }
 }
 
-fn empty_record() -> RequestRecord {
+pub(crate) fn empty_record() -> RequestRecord {
     RequestRecord {
         id: 0,
         request_id: None,
@@ -511,7 +554,7 @@ where
             return;
         };
         c.add_query(
-            statement,
+            &statement,
             fields.elapsed.unwrap_or_default(),
             Instant::now(),
             fields.rows_returned,
@@ -535,7 +578,7 @@ where
         for ancestor in span.scope().skip(1) {
             if let Some(Attached(c)) = ancestor.extensions().get::<Attached>() {
                 c.add_query(
-                    statement,
+                    &statement,
                     elapsed,
                     Instant::now(),
                     db.fields.rows_returned,
@@ -571,14 +614,7 @@ pub fn record_query(statement: &str, elapsed: Duration, rows_returned: Option<u6
             let span = registry.span(id)?;
             for s in span.scope() {
                 if let Some(Attached(c)) = s.extensions().get::<Attached>() {
-                    c.add_query(
-                        statement.to_owned(),
-                        elapsed,
-                        now,
-                        rows_returned,
-                        None,
-                        "manual",
-                    );
+                    c.add_query(statement, elapsed, now, rows_returned, None, "manual");
                     return Some(());
                 }
             }

@@ -23,9 +23,9 @@ use tower_service::Service;
 use tracing::Span;
 
 use super::{
-    capture::{Collector, request_span},
+    capture::{Collector, request_span, truncated},
     record::RequestRecord,
-    redact::{redact_headers, redact_query},
+    redact::{Redaction, redact_headers},
     store::{ProfileStore, StoreLimits},
 };
 use crate::{error::ConfigError, identity::IdentityReader, key::push_decimal};
@@ -99,6 +99,9 @@ pub struct ProfilerConfig {
     pub server_timing: bool,
     /// Consecutive executions of one statement that make an N+1 finding. By default, 5.
     pub n_plus_one_threshold: usize,
+    /// The least total time, in milliseconds, of an N+1 finding that is signalled (counter
+    /// and warning). By default, 50.
+    pub n_plus_one_min_total_ms: f64,
     /// Queries kept per request (the rest are counted). By default, 1000.
     pub max_queries_per_request: usize,
     /// Whether to record `metrics` histograms. By default, `true`.
@@ -113,6 +116,7 @@ impl Default for ProfilerConfig {
             sample_percent: 100.0,
             server_timing: true,
             n_plus_one_threshold: 5,
+            n_plus_one_min_total_ms: 50.0,
             max_queries_per_request: 1000,
             metrics: true,
             store: StoreLimits::default(),
@@ -148,10 +152,14 @@ struct Shared {
     store: ProfileStore,
     sampler: Sampler,
     server_timing: bool,
+    /// Who gets `Server-Timing`; `None`: requests with an authenticated user.
+    server_timing_when: Option<Arc<SampleFn>>,
     n_plus_one_threshold: usize,
+    n_plus_one_min_total_ms: f64,
     max_queries: usize,
     metrics: bool,
     identity: IdentityReader,
+    redaction: Arc<Redaction>,
     counter: Arc<AtomicU64>,
 }
 
@@ -191,10 +199,13 @@ impl ProfilerLayer {
                 store: ProfileStore::default(),
                 sampler: Sampler::Ratio(u64::MAX),
                 server_timing: true,
+                server_timing_when: None,
                 n_plus_one_threshold: 5,
+                n_plus_one_min_total_ms: 50.0,
                 max_queries: 1000,
                 metrics: true,
                 identity: IdentityReader::new(),
+                redaction: Arc::new(Redaction::default()),
                 counter: Arc::new(AtomicU64::new(0)),
             }),
         }
@@ -209,7 +220,8 @@ impl ProfilerLayer {
         Self::new()
             .with_store(ProfileStore::new(cfg.store)?)
             .sample_percent(cfg.sample_percent)?
-            .n_plus_one_threshold(cfg.n_plus_one_threshold)
+            .n_plus_one_threshold(cfg.n_plus_one_threshold)?
+            .n_plus_one_min_total_ms(cfg.n_plus_one_min_total_ms)
             .map(|l| {
                 l.server_timing(cfg.server_timing)
                     .max_queries_per_request(cfg.max_queries_per_request)
@@ -269,9 +281,33 @@ impl ProfilerLayer {
     }
 
     /// Adds a `Server-Timing` header (`total;dur=…, db;dur=…;desc="N queries"`) to
-    /// profiled responses (`total` only on others). By default, `true`.
+    /// profiled responses (`total` only on others) of the requests
+    /// [`server_timing_when`](Self::server_timing_when) allows. By default, `true`.
     pub fn server_timing(self, on: bool) -> Self {
         self.edit(|s| s.server_timing = on)
+    }
+
+    /// Sends `Server-Timing` only to the requests for which `f` answers `true` (timings
+    /// and query counts tell an attacker which requests hit the database and how hard).
+    /// By default, requests with an authenticated user (see
+    /// [`identity`](Self::identity)): never to anonymous clients, and to nobody while no
+    /// identity is configured.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::profiler::ProfilerLayer;
+    ///
+    /// // Developers only: a header set by the authenticating proxy.
+    /// let layer = ProfilerLayer::new()
+    ///     .server_timing_when(|r| r.headers().get("x-staff").is_some_and(|v| v == "1"));
+    /// # let _ = layer;
+    /// ```
+    pub fn server_timing_when<F>(self, f: F) -> Self
+    where
+        F: Fn(&SampleRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.edit(|s| s.server_timing_when = Some(Arc::new(f)))
     }
 
     /// Consecutive executions of one statement after a source query that make an N+1
@@ -289,6 +325,34 @@ impl ProfilerLayer {
         Ok(self.edit(|s| s.n_plus_one_threshold = n))
     }
 
+    /// The least total time of an N+1 finding that is signalled: the counter
+    /// `rampart_profiler_n_plus_one_total{route}` and a `tracing` warning (target
+    /// `tower_rampart::profiler`). Every finding still shows in the record.
+    /// By default, 50 milliseconds.
+    ///
+    /// # Errors
+    ///
+    /// When `ms` is negative or not a number.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::profiler::ProfilerLayer;
+    ///
+    /// let layer = ProfilerLayer::new().n_plus_one_min_total_ms(10.0).unwrap();
+    /// assert!(ProfilerLayer::new().n_plus_one_min_total_ms(-1.0).is_err());
+    /// # let _ = layer;
+    /// ```
+    pub fn n_plus_one_min_total_ms(self, ms: f64) -> Result<Self, ConfigError> {
+        if !(ms >= 0.0 && ms.is_finite()) {
+            return Err(ConfigError::new(format!(
+                "profiler: n_plus_one_min_total_ms = {ms} must be a number of milliseconds, \
+                 0 or more (the default is 50)"
+            )));
+        }
+        Ok(self.edit(|s| s.n_plus_one_min_total_ms = ms))
+    }
+
     /// Queries kept per request; further ones are only counted. By default, 1000.
     pub fn max_queries_per_request(self, n: usize) -> Self {
         self.edit(|s| s.max_queries = n)
@@ -300,6 +364,12 @@ impl ProfilerLayer {
     /// By default, `true`.
     pub fn metrics(self, on: bool) -> Self {
         self.edit(|s| s.metrics = on)
+    }
+
+    /// What is recorded of header and query values.
+    /// By default, [`Redaction::allowlist`]: only harmless values.
+    pub fn redaction(self, redaction: Redaction) -> Self {
+        self.edit(|s| s.redaction = Arc::new(redaction))
     }
 
     /// How to read the user and tenant from request extensions.
@@ -330,7 +400,7 @@ impl<S> Layer<S> for ProfilerLayer {
 /// use tower_rampart::profiler::ProfilerLayer;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let profiler = ProfilerLayer::new();
+/// let profiler = ProfilerLayer::new().server_timing_when(|_| true);
 /// let svc = profiler.layer(service_fn(|_req: http::Request<()>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
 /// }));
@@ -360,6 +430,21 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 impl Shared {
+    fn timing_allowed<B>(&self, req: &Request<B>) -> bool {
+        if !self.server_timing {
+            return false;
+        }
+        match &self.server_timing_when {
+            None => self.identity.user_id(req.extensions()).is_some(),
+            Some(f) => f(&SampleRequest {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            }),
+        }
+    }
+
     fn sampled<B>(&self, req: &Request<B>) -> bool {
         match &self.sampler {
             Sampler::Ratio(u64::MAX) => true,
@@ -375,14 +460,25 @@ impl Shared {
     }
 }
 
-/// The matched route, else the path with id-like segments replaced by `{id}` so that
-/// metrics labels stay bounded.
-fn route_of<B>(req: &Request<B>) -> String {
+/// The matched route template (axum's `MatchedPath`), when a router set one.
+#[cfg_attr(not(feature = "axum"), allow(clippy::unnecessary_wraps))]
+fn matched_route<B>(req: &Request<B>) -> Option<&str> {
     #[cfg(feature = "axum")]
     if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return m.as_str().to_owned();
+        return Some(m.as_str());
     }
-    generic_route(req.uri().path())
+    let _ = req;
+    None
+}
+
+/// Whether a path segment looks like a value (an id, a token) rather than a name:
+/// digits, hexadecimal or UUID-like runs, long segments, and segments mixing letters with
+/// digits.
+fn variable_segment(seg: &str) -> bool {
+    let digits = seg.bytes().filter(u8::is_ascii_digit).count();
+    let hexish = seg.len() >= 16 && seg.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    !seg.is_empty()
+        && (digits == seg.len() || hexish || seg.len() >= 24 || (digits > 0 && seg.len() >= 8))
 }
 
 fn generic_route(path: &str) -> String {
@@ -391,9 +487,7 @@ fn generic_route(path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        let hexish = seg.len() >= 16 && seg.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        let numeric = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit());
-        if hexish || numeric {
+        if variable_segment(seg) {
             out.push_str("{id}");
         } else {
             out.push_str(seg);
@@ -403,18 +497,6 @@ fn generic_route(path: &str) -> String {
         out.truncate(200);
     }
     out
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncated(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 fn unix_ms() -> u64 {
@@ -428,6 +510,7 @@ fn draft_record<B>(
     route: &str,
     req: &Request<B>,
     identity: IdentityReader,
+    redaction: &Redaction,
 ) -> RequestRecord {
     let ext = req.extensions();
     RequestRecord {
@@ -438,12 +521,14 @@ fn draft_record<B>(
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(128).collect()),
         method: req.method().as_str().to_owned(),
-        path: truncated(req.uri().path(), 2048).to_owned(),
+        // The path is stored as its route: tokens in paths (password resets, invitations)
+        // are not kept.
+        path: route.to_owned(),
         route: route.to_owned(),
         query: req
             .uri()
             .query()
-            .map(|q| redact_query(&q.chars().take(2048).collect::<String>())),
+            .map(|q| redaction.redact_query(truncated(q, 2048))),
         status: 0,
         started_at_ms: unix_ms(),
         duration_ms: 0.0,
@@ -453,7 +538,7 @@ fn draft_record<B>(
             .or_else(|| identity.principal_tenant_id(ext))
             .map(str::to_owned),
         user: identity.user_id(ext).map(str::to_owned),
-        request_headers: redact_headers(req.headers()),
+        request_headers: redact_headers(req.headers(), redaction),
         response_headers: Vec::new(),
         queries: Vec::new(),
         query_count: 0,
@@ -480,17 +565,24 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let sh = &self.shared;
-        let route = route_of(&req);
+        let matched = matched_route(&req);
+        // Labels from a closed set: the route template, else one `unmatched` series.
+        let route_label = match matched {
+            Some(m) => metrics::SharedString::from(m.to_owned()),
+            None => metrics::SharedString::const_str("unmatched"),
+        };
         let method = req.method().clone();
+        let server_timing = sh.timing_allowed(&req);
         let (collector, span) = if sh.sampled(&req) {
             let id = sh.store.next_id();
+            let route = matched.map_or_else(|| generic_route(req.uri().path()), str::to_owned);
             let c = Arc::new(Collector::new(
                 start,
-                draft_record(id, &route, &req, sh.identity),
+                draft_record(id, &route, &req, sh.identity, &sh.redaction),
                 sh.store.clone(),
-                sh.n_plus_one_threshold,
+                (sh.n_plus_one_threshold, sh.n_plus_one_min_total_ms),
                 sh.max_queries,
-                sh.metrics,
+                sh.metrics.then(|| route_label.clone()),
             ));
             let span = request_span(&c, id);
             (Some(c), span)
@@ -507,13 +599,14 @@ where
             state: Some(Guard {
                 start,
                 method,
-                route,
+                route: route_label,
+                redaction: collector.as_ref().map(|_| Arc::clone(&sh.redaction)),
                 status: 0,
                 bytes: 0,
                 collector,
                 metrics: sh.metrics,
             }),
-            server_timing: sh.server_timing,
+            server_timing,
         }
     }
 }
@@ -533,7 +626,8 @@ fn method_label(m: &Method) -> metrics::SharedString {
     ];
     match STANDARD.iter().find(|(s, _)| s == m) {
         Some((_, name)) => metrics::SharedString::const_str(name),
-        None => metrics::SharedString::from(m.as_str().to_owned()),
+        // Invented methods share one series.
+        None => metrics::SharedString::const_str("other"),
     }
 }
 
@@ -604,7 +698,8 @@ fn server_timing_value(total: std::time::Duration, db: Option<(usize, f64)>) -> 
 struct Guard {
     start: Instant,
     method: Method,
-    route: String,
+    route: metrics::SharedString,
+    redaction: Option<Arc<Redaction>>,
     status: u16,
     bytes: u64,
     collector: Option<Arc<Collector>>,
@@ -615,11 +710,10 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         if self.metrics {
-            // The route is not needed after this: moved into the label, not copied.
             metrics::histogram!(
                 "rampart_profiler_request_duration_seconds",
                 "method" => method_label(&self.method),
-                "route" => std::mem::take(&mut self.route),
+                "route" => self.route.clone(),
                 "status" => status_label(self.status),
             )
             .record(elapsed.as_secs_f64());
@@ -684,8 +778,8 @@ where
                 parts.headers.append(SERVER_TIMING, v);
             }
         }
-        if let Some(c) = &guard.collector {
-            c.lock().record.response_headers = redact_headers(&parts.headers);
+        if let (Some(c), Some(r)) = (&guard.collector, &guard.redaction) {
+            c.lock().record.response_headers = redact_headers(&parts.headers, r);
         }
         let span = std::mem::replace(this.span, Span::none());
         Poll::Ready(Ok(Response::from_parts(
@@ -789,6 +883,15 @@ mod tests {
             "/u/{id}"
         );
         assert_eq!(generic_route("/health/"), "/health/");
+        assert_eq!(
+            generic_route("/reset/k3j4h5g6f7/confirm"),
+            "/reset/{id}/confirm"
+        );
+        assert_eq!(
+            generic_route("/invite/abcdefghijklmnopqrstuvwxyzABCD"),
+            "/invite/{id}"
+        );
+        assert_eq!(generic_route("/api/v2/orders"), "/api/v2/orders");
         assert!(generic_route(&"/a".repeat(300)).len() <= 200);
         assert_eq!(truncated("aé", 2), "a");
         assert_eq!(truncated("abc", 5), "abc");

@@ -9,7 +9,8 @@
 //!   `sqlx::query` events and OpenTelemetry-style `db.statement` spans and events to the
 //!   request they run in; [`record_query`] does the same for other drivers.
 //! - Statements are normalised ([`normalize_sql`]): values and bind parameters are never
-//!   stored. Credentials in headers and query strings are masked ([`redact_query`]).
+//!   stored. Header and query values are recorded only for an allowlist of harmless
+//!   names ([`Redaction`]); paths are stored as their route template.
 //! - [`ProfilerUi`] serves the records as HTML and JSON, and answers `403` until given an
 //!   authorization predicate.
 //!
@@ -26,7 +27,8 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let _guard = tracing_subscriber::registry().with(query_capture_layer()).set_default();
-//! let profiler = ProfilerLayer::new();
+//! // Server-Timing for everyone here; by default only for authenticated users.
+//! let profiler = ProfilerLayer::new().server_timing_when(|_| true);
 //! let svc = profiler.layer(service_fn(|_req: http::Request<()>| async {
 //!     // sqlx queries are captured from its events; other drivers call record_query.
 //!     record_query("SELECT * FROM orders WHERE id = 42", std::time::Duration::from_millis(3), Some(1));
@@ -47,6 +49,7 @@ mod normalize;
 mod record;
 mod redact;
 mod store;
+mod testing;
 mod ui;
 
 #[cfg(test)]
@@ -61,6 +64,7 @@ pub use layer::{
 };
 pub use normalize::{NPlusOne, SimilarGroup, normalize_sql};
 pub use record::{QueryRecord, RequestRecord};
-pub use redact::{REDACTED, is_sensitive_field, is_sensitive_header, redact_query};
+pub use redact::{REDACTED, Redaction, is_sensitive_field, is_sensitive_header, redact_query};
 pub use store::{ProfileStore, StoreLimits};
+pub use testing::{assert_max_queries, assert_no_queries, capture_queries};
 pub use ui::ProfilerUi;

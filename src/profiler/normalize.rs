@@ -33,7 +33,16 @@ const MAX_STATEMENT_LEN: usize = 4096;
 /// assert_eq!(normalize_sql("select 1 from t where a = $1"), normalize_sql("select 2 from t where a = $7"));
 /// ```
 pub fn normalize_sql(sql: &str) -> String {
-    let tokens = tokenize(sql);
+    let mut ambiguous = false;
+    let mut tokens = tokenize(sql, true, &mut ambiguous, None);
+    if ambiguous {
+        // A `\'` inside a plain string: MySQL reads an escaped quote, standard
+        // PostgreSQL a backslash followed by the end of the string. Whatever either
+        // dialect reads as a literal is hidden.
+        let mut spans = Vec::new();
+        let _ = tokenize(sql, false, &mut false, Some(&mut spans));
+        hide_words_in(sql, &mut tokens, &spans);
+    }
     let tokens = collapse_lists(tokens);
     let mut out = String::with_capacity(sql.len().min(MAX_STATEMENT_LEN));
     let mut prev: Option<&Tok<'_>> = None;
@@ -126,9 +135,9 @@ enum Tok<'a> {
 }
 
 fn needs_space(prev: &Tok<'_>, next: &Tok<'_>) -> bool {
-    let tight_after = |p: &str| p == "(" || p == " (" || p == ".";
+    let tight_after = |p: &str| p == "(" || p == " (" || p == "." || p == "[";
     // `" ("` carries its own space: an opening parenthesis keeps the spacing it had.
-    let tight_before = |p: &str| matches!(p, ")" | "," | "." | ";" | "(" | " (");
+    let tight_before = |p: &str| matches!(p, ")" | "," | "." | ";" | "(" | " (" | "[" | "]");
     match (prev, next) {
         (Tok::Punct(p), _) if tight_after(p) => false,
         (_, Tok::Punct(n)) => !tight_before(n),
@@ -136,7 +145,41 @@ fn needs_space(prev: &Tok<'_>, next: &Tok<'_>) -> bool {
     }
 }
 
-fn tokenize(sql: &str) -> Vec<Tok<'_>> {
+/// Word tokens of `toks` that overlap one of `spans` (byte ranges of `sql`) become values.
+fn hide_words_in<'a>(sql: &'a str, toks: &mut [Tok<'a>], spans: &[(usize, usize)]) {
+    for t in toks.iter_mut() {
+        if let Tok::Word(w) = t {
+            let from = w.as_ptr() as usize - sql.as_ptr() as usize;
+            let to = from + w.len();
+            if spans.iter().any(|&(a, b)| from < b && a < to) {
+                *t = Tok::Value;
+            }
+        }
+    }
+}
+
+/// Whether a double-quoted token sits where only an identifier can: qualified (`"t"."c"`),
+/// or right after `FROM`, `JOIN`, `INTO`, `UPDATE`, `TABLE` or `AS`. Elsewhere MySQL and
+/// SQLite read `"…"` as a string, so it is treated as a literal.
+fn quoted_identifier_position(toks: &[Tok<'_>], next: Option<char>) -> bool {
+    const BEFORE: [&str; 6] = ["from", "join", "into", "update", "table", "as"];
+    match toks.last() {
+        Some(Tok::Punct(".")) => true,
+        Some(Tok::Word(w)) if BEFORE.iter().any(|k| w.eq_ignore_ascii_case(k)) => true,
+        _ => next == Some('.'),
+    }
+}
+
+/// Tokenises `sql`. `backslash` reads `\` as an escape in every string (MySQL); without
+/// it only in `E'…'` (PostgreSQL). `ambiguous` is set when that choice matters; `spans`
+/// receives the byte ranges of literals.
+#[allow(clippy::too_many_lines)]
+fn tokenize<'a>(
+    sql: &'a str,
+    backslash: bool,
+    ambiguous: &mut bool,
+    mut spans: Option<&mut Vec<(usize, usize)>>,
+) -> Vec<Tok<'a>> {
     let chars: Vec<char> = sql.chars().collect();
     // The byte offset of each character, and of the end: tokens are slices of `sql`.
     let offsets: Vec<usize> = sql
@@ -152,16 +195,31 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
         let c = chars[i];
         if c.is_whitespace() {
             i += 1;
-        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+        } else if (c == '-' && chars.get(i + 1) == Some(&'-'))
+            || (c == '#' && !matches!(chars.get(i + 1), Some('>' | '-')))
+        {
+            // `--` comments, and MySQL's `#` (not PostgreSQL's `#>` and `#-` operators).
             while i < n && chars[i] != '\n' {
                 i += 1;
             }
         } else if c == '/' && chars.get(i + 1) == Some(&'*') {
-            i += 2;
-            while i < n && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                i += 1;
+            // Block comments nest in PostgreSQL; where they do not, more is dropped.
+            let mut depth = 0usize;
+            while i < n {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
             }
-            i = (i + 2).min(n);
+            i = i.min(n);
         } else if c == '\''
             || ((c == 'x'
                 || c == 'X'
@@ -175,14 +233,21 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
                 && !prev_is_word_char(&chars, i))
         {
             // String literal, with '' escapes; prefixed forms x'..', E'..', N'..', B'..'.
+            let start = i;
             if c != '\'' {
                 i += 1;
             }
             i += 1;
+            let escapes = backslash || c == 'E' || c == 'e';
             while i < n {
-                if chars[i] == '\\' && c != '\'' {
-                    i += 2;
-                    continue;
+                if chars[i] == '\\' {
+                    if c == '\'' && chars.get(i + 1) == Some(&'\'') {
+                        *ambiguous = true;
+                    }
+                    if escapes {
+                        i += 2;
+                        continue;
+                    }
                 }
                 if chars[i] == '\'' {
                     if chars.get(i + 1) == Some(&'\'') {
@@ -194,6 +259,9 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
                 i += 1;
             }
             i = (i + 1).min(n);
+            if let Some(spans) = spans.as_deref_mut() {
+                spans.push((offsets[start], offsets[i]));
+            }
             toks.push(Tok::Value);
         } else if c == '$'
             && chars
@@ -221,6 +289,9 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
                     } else {
                         i = n;
                     }
+                    if let Some(spans) = spans.as_deref_mut() {
+                        spans.push((offsets[start], offsets[i]));
+                    }
                     toks.push(Tok::Value);
                 } else {
                     toks.push(Tok::Punct("$"));
@@ -245,26 +316,20 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
         } else if c.is_ascii_digit()
             || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
         {
-            if c == '0' && matches!(chars.get(i + 1), Some('x' | 'X')) {
-                i += 2;
-                while i < n && chars[i].is_ascii_hexdigit() {
-                    i += 1;
+            // The whole number: `0x1F`, `0b1011`, `0o17`, `4_111_111`, `1.5e-3`, and any
+            // letters glued to it, so no digit of it survives as a word.
+            let hex = c == '0' && matches!(chars.get(i + 1), Some('x' | 'X'));
+            while i < n {
+                let d = chars[i];
+                let part = d.is_alphanumeric() || d == '_' || d == '.';
+                let exponent_sign = (d == '-' || d == '+')
+                    && !hex
+                    && matches!(chars[i - 1], 'e' | 'E')
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+                if !(part || exponent_sign) {
+                    break;
                 }
-            } else {
-                while i < n && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                    i += 1;
-                }
-                if i < n
-                    && (chars[i] == 'e' || chars[i] == 'E')
-                    && chars
-                        .get(i + 1)
-                        .is_some_and(|d| d.is_ascii_digit() || *d == '-' || *d == '+')
-                {
-                    i += 2;
-                    while i < n && chars[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                }
+                i += 1;
             }
             // A leading minus sign right after an operator or a keyword belongs to the literal.
             if matches!(toks.last(), Some(Tok::Punct(p)) if *p == "-") {
@@ -279,15 +344,27 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
                 }
             }
             toks.push(Tok::Value);
-        } else if c == '"' || c == '`' || c == '[' {
+        } else if c == '"' || c == '`' || (c == '[' && bracket_identifier(&chars[i + 1..])) {
+            // Quoted identifiers: `…` (MySQL), […] (SQL Server: only a plain name, so that
+            // `ARRAY['x']` and `a[1]` are not), "…" where only an identifier can stand.
             let close = if c == '[' { ']' } else { c };
             let start = i;
             i += 1;
             while i < n && chars[i] != close {
+                if c == '"' && chars[i] == '\\' && backslash {
+                    i += 1;
+                }
                 i += 1;
             }
             i = (i + 1).min(n);
-            toks.push(Tok::Word(text(start, i)));
+            if c == '"' && !quoted_identifier_position(&toks, chars.get(i).copied()) {
+                if let Some(spans) = spans.as_deref_mut() {
+                    spans.push((offsets[start], offsets[i]));
+                }
+                toks.push(Tok::Value);
+            } else {
+                toks.push(Tok::Word(text(start, i)));
+            }
         } else if is_word_start(c) {
             let start = i;
             while i < n && is_word_char(chars[i]) {
@@ -306,7 +383,10 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
                 let spaced = i > 0 && chars[i - 1].is_whitespace() && !toks.is_empty();
                 toks.push(Tok::Punct(if spaced { " (" } else { "(" }));
                 i += 1;
-            } else if matches!(two, "<=" | ">=" | "<>" | "!=" | "||" | "::" | "->" | "=>") {
+            } else if matches!(
+                two,
+                "<=" | ">=" | "<>" | "!=" | "||" | "::" | "->" | "=>" | "#>" | "#-"
+            ) {
                 toks.push(Tok::Punct(two));
                 i += 2;
             } else {
@@ -319,6 +399,16 @@ fn tokenize(sql: &str) -> Vec<Tok<'_>> {
         toks.pop();
     }
     toks
+}
+
+/// Whether `[` opens a bracketed identifier: a plain name up to `]`.
+fn bracket_identifier(rest: &[char]) -> bool {
+    let Some(end) = rest.iter().position(|&c| c == ']') else {
+        return false;
+    };
+    let name = &rest[..end];
+    name.first().is_some_and(|&c| is_word_start(c))
+        && name.iter().all(|&c| is_word_char(c) || c == ' ')
 }
 
 fn is_keyword(w: &str) -> bool {
@@ -579,8 +669,8 @@ mod tests {
             ),
             ("SELECT a - 1 FROM t", "SELECT a - ? FROM t"),
             (
-                "SELECT \"Weird Col\", `b`, [c] FROM t1",
-                "SELECT \"Weird Col\", `b`, [c] FROM t1",
+                "SELECT \"Weird Col\", `b`, [c] FROM \"t1\"",
+                "SELECT ?, `b`, [c] FROM \"t1\"",
             ),
             ("SELECT a::text FROM t", "SELECT a :: text FROM t"),
             ("SELECT $tag$ secret $tag$, $$x$$", "SELECT ?, ?"),
@@ -595,6 +685,14 @@ mod tests {
                 "SELECT * FROM t WHERE id IN (?) AND k IN (SELECT id FROM u)",
             ),
             ("SELECT E'a\\'b', N'x'", "SELECT ?, ?"),
+            (
+                "SELECT \"t\".\"c\" FROM \"users\" AS \"u\"",
+                "SELECT \"t\".\"c\" FROM \"users\" AS \"u\"",
+            ),
+            (
+                "SELECT a[1], ARRAY[2, 3] FROM t",
+                "SELECT a[?], ARRAY[?, ?] FROM t",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(normalize_sql(input), want, "input: {input}");
@@ -658,7 +756,91 @@ mod tests {
         assert_eq!(groups[0].count, 20);
     }
 
+    #[test]
+    fn literals_of_every_dialect_are_hidden() {
+        let cases = [
+            // MySQL: a backslash escapes the quote.
+            "SELECT * FROM u WHERE n = 'o\\'brien' OR api_key = 'sk_live_42'",
+            // Standard PostgreSQL: the backslash is a character, the string ends there.
+            "SELECT * FROM u WHERE p = 'C:\\' AND api_key = 'sk_live_42'",
+            // MySQL and SQLite: "…" is a string.
+            "SELECT * FROM u WHERE password = \"sk_live_42\"",
+            "SELECT * FROM u WHERE x = ARRAY['sk_live_42']",
+            "SELECT tags['sk_live_42'] FROM u",
+            "SELECT * FROM u WHERE a = 0b1011 AND b = 4_111_111 AND c = 0x5ec12e7",
+            "SELECT 1 /* outer /* inner */ sk_live_42 */ FROM u",
+            "SELECT 1 FROM u # sk_live_42",
+            "SELECT $q$sk_live_42$q$, $$sk_live_42$$",
+        ];
+        for sql in cases {
+            let n = normalize_sql(sql);
+            for secret in ["sk_live_42", "1011", "111", "5ec12e7", "brien"] {
+                assert!(!n.contains(secret), "{sql} -> {n}");
+            }
+        }
+        assert_eq!(
+            normalize_sql("SELECT * FROM u WHERE a = 0b1011 AND b = 4_111_111"),
+            "SELECT * FROM u WHERE a = ? AND b = ?"
+        );
+        assert_eq!(
+            normalize_sql("SELECT a #> b, c #- d"),
+            "SELECT a #> b, c #- d"
+        );
+    }
+
+    /// A literal in one of the forms the three dialects accept, around `secret`.
+    fn literal_forms(secret: &str, digits: &str) -> Vec<String> {
+        vec![
+            format!("'{secret}'"),
+            format!("'o\\'{secret}'"),
+            format!("'a\\' , {secret}, '"),
+            format!("E'x\\'{secret}'"),
+            format!("\"{secret}\""),
+            format!("N'{secret}'"),
+            format!("x'{digits}'"),
+            format!("$z${secret}$z$"),
+            format!("$$ {secret} $$"),
+            format!("$t$ {secret} $t$"),
+            format!("ARRAY['{secret}']"),
+            format!("ARRAY[{digits}]"),
+            format!("0b{}", digits.replace(|c: char| c > '1', "1")),
+            format!("0x{digits}"),
+            format!("{digits}_{digits}"),
+            format!("{digits}.{digits}e-{digits}"),
+            format!("-{digits}"),
+            format!("/* {secret} */ 1"),
+            format!("/* a /* b */ {secret} */ 1"),
+            format!("1 -- {secret}\n"),
+            format!("1 # {secret}\n"),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn secret_literals_never_survive_in_any_position(
+            secret in "[a-z]{3}QZX[a-z0-9]{4}",
+            digits in "[2-9][0-9]{8}",
+            form in 0usize..21,
+            at in 0usize..8,
+        ) {
+            let lit = &literal_forms(&secret, &digits)[form];
+            let positions = [
+                format!("SELECT {lit} FROM t"),
+                format!("SELECT a FROM t WHERE b = {lit}"),
+                format!("SELECT a FROM t WHERE b IN ({lit}, {lit})"),
+                format!("INSERT INTO t (a, b) VALUES ({lit}, 1), ({lit}, 2)"),
+                format!("UPDATE t SET a = {lit} WHERE id = $1"),
+                format!("SELECT f({lit}) FROM t ORDER BY 1 LIMIT {lit}"),
+                format!("SELECT a FROM t WHERE b = {lit} AND c = 'z' AND d = {lit};"),
+                format!("SELECT * FROM t WHERE b LIKE {lit} OR c = \"y\""),
+            ];
+            let sql = &positions[at];
+            let n = normalize_sql(sql);
+            prop_assert!(!n.contains("QZX"), "{} -> {}", sql, n);
+            prop_assert!(!n.contains(&digits[..6]), "{} -> {}", sql, n);
+            prop_assert_eq!(normalize_sql(&n), n.clone());
+        }
+
         #[test]
         fn normalisation_is_idempotent(s in "\\PC{0,80}") {
             let once = normalize_sql(&s);

@@ -93,8 +93,10 @@ impl StoreLimits {
 struct State {
     ring: VecDeque<(Arc<RequestRecord>, usize)>,
     ring_bytes: usize,
-    /// Ascending by duration.
-    slowest: Vec<Arc<RequestRecord>>,
+    /// Ascending by duration, with their estimated sizes.
+    slowest: Vec<(Arc<RequestRecord>, usize)>,
+    /// Estimated bytes of the slowest records (counted against the cap with the ring's).
+    slowest_bytes: usize,
 }
 
 struct Inner {
@@ -159,6 +161,7 @@ impl ProfileStore {
                     ring: VecDeque::new(),
                     ring_bytes: 0,
                     slowest: Vec::new(),
+                    slowest_bytes: 0,
                 }),
                 next_id: AtomicU64::new(1),
                 recorded: AtomicU64::new(0),
@@ -198,9 +201,11 @@ impl ProfileStore {
         self.len() == 0
     }
 
-    /// Estimated bytes held by the ring.
+    /// Estimated bytes held by the ring and the slowest records (the figure the byte cap
+    /// bounds).
     pub fn bytes(&self) -> usize {
-        self.lock().ring_bytes
+        let st = self.lock();
+        st.ring_bytes + st.slowest_bytes
     }
 
     /// Records ever added (including those evicted since).
@@ -215,8 +220,9 @@ impl ProfileStore {
     pub fn push(&self, mut record: RequestRecord) {
         let limits = self.inner.limits;
         let mut size = record.approx_bytes();
-        if size > limits.max_bytes {
-            // One huge record must not flush the whole ring: keep its summary only.
+        if size > limits.max_bytes / 2 {
+            // One huge record must not flush the whole ring (it may be kept twice, in the
+            // ring and among the slowest): keep its summary only.
             record.queries_dropped += record.queries.len();
             record.queries = Vec::new();
             record.request_headers = Vec::new();
@@ -230,25 +236,36 @@ impl ProfileStore {
         let mut st = self.lock();
         st.ring.push_back((Arc::clone(&record), size));
         st.ring_bytes += size;
-        while st.ring.len() > limits.max_records || st.ring_bytes > limits.max_bytes {
-            match st.ring.pop_front() {
-                Some((r, s)) => {
-                    st.ring_bytes -= s;
-                    evicted.push(r);
-                }
-                None => break,
-            }
-        }
         if limits.slowest > 0 {
             let full = st.slowest.len() >= limits.slowest;
-            if !full || st.slowest[0].duration_ms < record.duration_ms {
+            if !full || st.slowest[0].0.duration_ms < record.duration_ms {
                 if full {
-                    st.slowest.remove(0);
+                    let (r, s) = st.slowest.remove(0);
+                    st.slowest_bytes -= s;
+                    evicted.push(r);
                 }
                 let at = st
                     .slowest
-                    .partition_point(|r| r.duration_ms <= record.duration_ms);
-                st.slowest.insert(at, record);
+                    .partition_point(|(r, _)| r.duration_ms <= record.duration_ms);
+                st.slowest.insert(at, (record, size));
+                st.slowest_bytes += size;
+            }
+        }
+        // Every kept record counts against the cap, the slowest included (a record in both
+        // is counted twice: the bound errs on the safe side). The ring gives way first,
+        // then the fastest of the slowest.
+        while st.ring.len() > limits.max_records
+            || st.ring_bytes + st.slowest_bytes > limits.max_bytes
+        {
+            if let Some((r, s)) = st.ring.pop_front() {
+                st.ring_bytes -= s;
+                evicted.push(r);
+            } else if !st.slowest.is_empty() {
+                let (r, s) = st.slowest.remove(0);
+                st.slowest_bytes -= s;
+                evicted.push(r);
+            } else {
+                break;
             }
         }
         drop(st);
@@ -268,9 +285,8 @@ impl ProfileStore {
         let mut out: Vec<Arc<RequestRecord>> = st
             .ring
             .iter()
-            .map(|(r, _)| r)
             .chain(st.slowest.iter())
-            .cloned()
+            .map(|(r, _)| Arc::clone(r))
             .collect();
         drop(st);
         out.sort_by_key(|r| std::cmp::Reverse(r.id));
@@ -287,8 +303,8 @@ impl ProfileStore {
         let st = self.lock();
         st.ring
             .iter()
-            .map(|(r, _)| r)
             .chain(st.slowest.iter())
+            .map(|(r, _)| r)
             .find(|r| r.id == id)
             .cloned()
     }
@@ -299,5 +315,6 @@ impl ProfileStore {
         st.ring.clear();
         st.ring_bytes = 0;
         st.slowest.clear();
+        st.slowest_bytes = 0;
     }
 }

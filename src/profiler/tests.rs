@@ -95,7 +95,7 @@ async fn records_request_fields_and_redacts() {
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r.method, "POST");
-    assert_eq!(r.path, "/orders/42");
+    assert_eq!(r.path, "/orders/{id}");
     assert_eq!(r.route, "/orders/{id}");
     assert_eq!(r.status, 201);
     assert_eq!(r.response_bytes, 11);
@@ -167,8 +167,37 @@ fn hello() -> impl tower::Service<
 }
 
 #[tokio::test]
+async fn anonymous_requests_get_no_server_timing() {
+    let profiler =
+        ProfilerLayer::new().identity(IdentityReader::new().user::<Claims>().tenant::<Tenant>());
+    let svc = profiler.layer(hello());
+    let (_, headers) = send(svc.clone(), Request::new(())).await;
+    assert!(headers.get("server-timing").is_none(), "anonymous");
+    let (_, headers) = send(
+        svc,
+        Request::get("/")
+            .extension(Claims("alice"))
+            .body(())
+            .unwrap(),
+    )
+    .await;
+    assert!(headers.contains_key("server-timing"), "authenticated");
+    // No identity configured: nobody is known, nobody gets it.
+    let (_, headers) = send(ProfilerLayer::new().layer(hello()), Request::new(())).await;
+    assert!(headers.get("server-timing").is_none());
+    let only_staff =
+        ProfilerLayer::new().server_timing_when(|r| r.headers().contains_key("x-staff"));
+    let req = Request::get("/").header("x-staff", "1").body(()).unwrap();
+    let (_, headers) = send(only_staff.layer(hello()), req).await;
+    assert!(headers.contains_key("server-timing"));
+}
+
+#[tokio::test]
 async fn sampling_zero_percent_records_nothing() {
-    let profiler = ProfilerLayer::new().sample_percent(0.0).unwrap();
+    let profiler = ProfilerLayer::new()
+        .sample_percent(0.0)
+        .unwrap()
+        .server_timing_when(|_| true);
     let svc = profiler.layer(hello());
     for _ in 0..200 {
         let (_, headers) = send(svc.clone(), Request::new(())).await;
@@ -293,12 +322,132 @@ fn ring_bound_byte_cap_and_slowest_hold_under_100_000_records() {
     assert!(StoreLimits::default().max_bytes(10).validate().is_err());
 }
 
+#[test]
+fn the_slowest_records_count_against_the_byte_cap() {
+    let cap = 40_000;
+    let store = ProfileStore::new(StoreLimits::default().max_bytes(cap).slowest(50)).unwrap();
+    // Ever slower requests, each with large (already normalised) statements.
+    for i in 0..500u64 {
+        store.push(record(i + 1, i as f64, 20));
+        let held: usize = store
+            .records()
+            .iter()
+            .map(RequestRecord::approx_bytes)
+            .sum();
+        assert!(held <= cap, "{held} bytes held after {i} records");
+        assert!(store.bytes() <= cap);
+    }
+}
+
+#[tokio::test]
+async fn huge_statements_are_cut_as_they_arrive() {
+    let _g = subscriber_guard();
+    let profiler = ProfilerLayer::new()
+        .with_store(ProfileStore::new(StoreLimits::default().max_bytes(1 << 20)).unwrap());
+    let svc = profiler.layer(service_fn(|_req: Request<()>| async {
+        let huge = format!(
+            "SELECT * FROM t WHERE {}",
+            "a = 'sk_live' OR ".repeat(100_000)
+        );
+        for _ in 0..50 {
+            record_query(&huge, Duration::from_millis(1), None);
+        }
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    send(svc, Request::get("/slow").body(()).unwrap()).await;
+    let r = &profiler.store().records()[0];
+    assert_eq!(r.queries.len(), 50);
+    for q in &r.queries {
+        assert!(q.statement.len() <= 4100, "{}", q.statement.len());
+        assert!(!q.statement.contains("sk_live"));
+    }
+    assert!(profiler.store().bytes() <= 1 << 20);
+}
+
+#[test]
+fn labels_stay_bounded_under_random_paths_and_methods() {
+    let recorder = crate::test_util::TestRecorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        let svc = ProfilerLayer::new()
+            .sample_percent(0.0)
+            .unwrap()
+            .layer(hello());
+        for i in 0..10_000u32 {
+            let method = if i % 2 == 0 {
+                format!("M{i}")
+            } else {
+                "GET".to_owned()
+            };
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri(format!("/x{i}/y/{}", i * 7919))
+                .body(())
+                .unwrap();
+            rt.block_on(send(svc.clone(), req));
+        }
+    });
+    let series: std::collections::HashSet<Vec<(String, String)>> = recorder
+        .histograms()
+        .into_iter()
+        .map(|h| h.labels)
+        .collect();
+    assert_eq!(
+        series.len(),
+        2,
+        "{:?}",
+        series.iter().take(5).collect::<Vec<_>>()
+    );
+    for labels in &series {
+        assert!(labels.contains(&("route".to_owned(), "unmatched".to_owned())));
+    }
+}
+
+#[test]
+fn n_plus_one_findings_over_the_floor_are_counted() {
+    let recorder = crate::test_util::TestRecorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let run = |floor_ms: f64, each_ms: u64| {
+        metrics::with_local_recorder(&recorder, || {
+            let _g = subscriber_guard();
+            let profiler = ProfilerLayer::new()
+                .n_plus_one_min_total_ms(floor_ms)
+                .unwrap();
+            let svc = profiler.layer(service_fn(move |_req: Request<()>| async move {
+                record_query("SELECT id FROM orders", Duration::from_millis(1), None);
+                for _ in 0..6 {
+                    // Sequential: each query ends after the previous one ended.
+                    std::thread::sleep(Duration::from_millis(each_ms));
+                    record_query(
+                        "SELECT * FROM items WHERE order_id = 1",
+                        Duration::from_millis(each_ms),
+                        None,
+                    );
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }));
+            rt.block_on(send(svc, Request::get("/orders").body(()).unwrap()));
+            assert_eq!(profiler.store().records()[0].n_plus_one.len(), 1);
+        });
+        recorder.counter_total(
+            "rampart_profiler_n_plus_one_total",
+            &[("route", "unmatched")],
+        )
+    };
+    assert_eq!(run(50.0, 1), 0, "6 fast repeats under the floor: no signal");
+    assert_eq!(run(50.0, 10), 1, "60 ms of repeats: one signal");
+}
+
 #[tokio::test]
 async fn concurrent_requests_keep_their_own_queries() {
     let _g = subscriber_guard();
     let profiler = ProfilerLayer::new();
     let svc = profiler.layer(service_fn(|req: Request<()>| async move {
-        let n: usize = req.uri().path()[1..].parse().unwrap();
+        let n: usize = req.uri().path()[2..].parse().unwrap();
         for i in 0..3 {
             // Alternate the two capture paths and interleave with other requests.
             if i % 2 == 0 {
@@ -325,7 +474,7 @@ async fn concurrent_requests_keep_their_own_queries() {
     for n in 0..100 {
         let svc = svc.clone();
         tasks.push(tokio::spawn(async move {
-            send(svc, Request::get(format!("/{n}")).body(()).unwrap()).await
+            send(svc, Request::get(format!("/r{n}")).body(()).unwrap()).await
         }));
     }
     for t in tasks {
@@ -334,7 +483,7 @@ async fn concurrent_requests_keep_their_own_queries() {
     let records = profiler.store().records();
     assert_eq!(records.len(), 100);
     for r in records {
-        let n = &r.path[1..];
+        let n = &r.path[2..];
         assert_eq!(r.queries.len(), 3, "{r:?}");
         for q in &r.queries {
             assert!(
@@ -407,7 +556,9 @@ async fn sqlx_summary_otel_spans_and_elapsed_fallback() {
 #[tokio::test]
 async fn per_request_query_cap_and_n_plus_one_from_events() {
     let _g = subscriber_guard();
-    let profiler = ProfilerLayer::new().max_queries_per_request(10);
+    let profiler = ProfilerLayer::new()
+        .max_queries_per_request(10)
+        .server_timing_when(|_| true);
     let svc = profiler.layer(service_fn(|_req: Request<()>| async {
         record_query("SELECT id FROM orders", Duration::from_micros(5), None);
         for i in 0..20 {
@@ -483,7 +634,7 @@ fn metrics_histograms_by_method_route_status() {
         dur.labels,
         vec![
             ("method".to_owned(), "DELETE".to_owned()),
-            ("route".to_owned(), "/items/{id}".to_owned()),
+            ("route".to_owned(), "unmatched".to_owned()),
             ("status".to_owned(), "200".to_owned()),
         ]
     );
@@ -528,7 +679,7 @@ async fn ui_is_closed_by_default_and_opens_with_a_predicate() {
     }));
     send(
         svc.clone(),
-        Request::get("/first?q='x'")
+        Request::get("/first?sort='x'")
             .extension(Claims("<b>eve</b>"))
             .body(())
             .unwrap(),
@@ -587,7 +738,7 @@ async fn ui_is_closed_by_default_and_opens_with_a_predicate() {
         !detail.contains("<script"),
         "statement is normalised and escaped"
     );
-    assert!(detail.contains("q=&#39;x&#39;"));
+    assert!(detail.contains("sort=&#39;x&#39;"));
 
     // JSON list and detail.
     let (status, headers, body) = ui_get(&ui, "/_profiler/api/requests", true).await;
@@ -696,7 +847,7 @@ async fn axum_matched_path_is_the_route() {
     res.into_body().collect().await.unwrap();
     let r = &profiler.store().records()[0];
     assert_eq!(r.route, "/users/{name}");
-    assert_eq!(r.path, "/users/alice");
+    assert_eq!(r.path, "/users/{name}", "the path is stored as its route");
 }
 
 #[tokio::test]
@@ -763,7 +914,7 @@ async fn config_debug_and_less_common_fields() {
         })
         .collect();
     assert!(
-        q.contains(&("SELECT \"a\" FROM t", None, Some(2), 3.0)),
+        q.contains(&("SELECT ? FROM t", None, Some(2), 3.0)),
         "{q:?}"
     );
     assert!(q.contains(&("SELECT b FROM t", None, None, 0.5)), "{q:?}");

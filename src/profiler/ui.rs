@@ -14,9 +14,10 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::{record::RequestRecord, store::ProfileStore};
-use crate::error::JsonError;
+use crate::{error::JsonError, identity::IdentityReader};
 
 type AuthorizeFn = dyn Fn(&Parts) -> bool + Send + Sync;
+type VisibleFn = dyn Fn(&Parts, &RequestRecord) -> bool + Send + Sync;
 
 /// The profiler's user interface, a service to mount under a path (by default
 /// `/_profiler`):
@@ -59,6 +60,7 @@ type AuthorizeFn = dyn Fn(&Parts) -> bool + Send + Sync;
 pub struct ProfilerUi {
     store: ProfileStore,
     authorize: Option<Arc<AuthorizeFn>>,
+    visible: Option<Arc<VisibleFn>>,
     base: Arc<str>,
 }
 
@@ -67,6 +69,7 @@ impl fmt::Debug for ProfilerUi {
         f.debug_struct("ProfilerUi")
             .field("store", &self.store)
             .field("authorized", &self.authorize.is_some())
+            .field("visibility_rule", &self.visible.is_some())
             .field("base", &self.base)
             .finish()
     }
@@ -78,6 +81,7 @@ impl ProfilerUi {
         Self {
             store,
             authorize: None,
+            visible: None,
             base: Arc::from("/_profiler"),
         }
     }
@@ -91,6 +95,55 @@ impl ProfilerUi {
     {
         self.authorize = Some(Arc::new(f));
         self
+    }
+
+    /// Shows a viewer (an authorized request) only the records for which `rule` answers
+    /// `true`, in the pages and the JSON alike; others answer `404` as evicted ones do.
+    /// By default, every record to every authorized viewer.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::profiler::{ProfileStore, ProfilerUi};
+    ///
+    /// // Each user sees their own requests.
+    /// let ui = ProfilerUi::new(ProfileStore::default())
+    ///     .authorize(|_| true)
+    ///     .visible_to(|viewer, record| {
+    ///         viewer.headers.get("x-user").and_then(|v| v.to_str().ok()) == record.user.as_deref()
+    ///     });
+    /// # let _ = ui;
+    /// ```
+    pub fn visible_to<F>(mut self, rule: F) -> Self
+    where
+        F: Fn(&Parts, &RequestRecord) -> bool + Send + Sync + 'static,
+    {
+        self.visible = Some(Arc::new(rule));
+        self
+    }
+
+    /// The built-in visibility rule: a viewer sees the records of their own tenant (read
+    /// by `identity`, the resolved tenant else the user's), and none when they have no
+    /// tenant. Give the profiler layer the same reader so that records carry the tenant.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_rampart::{identity::IdentityReader, profiler::{ProfileStore, ProfilerUi}};
+    ///
+    /// let ui = ProfilerUi::new(ProfileStore::default())
+    ///     .authorize(|_| true)
+    ///     .same_tenant(IdentityReader::new());
+    /// # let _ = ui;
+    /// ```
+    pub fn same_tenant(self, identity: IdentityReader) -> Self {
+        self.visible_to(move |viewer, record| {
+            let ext = &viewer.extensions;
+            identity
+                .tenant_id(ext)
+                .or_else(|| identity.principal_tenant_id(ext))
+                .is_some_and(|t| record.tenant.as_deref() == Some(t))
+        })
     }
 
     /// The path the UI is mounted at, used for links. By default, `/_profiler`.
@@ -134,9 +187,9 @@ impl ProfilerUi {
             )
         };
         match rel {
-            "" => html(self.list_page(sort_by_duration)),
+            "" => html(self.list_page(parts, sort_by_duration)),
             "/api/requests" => {
-                let records = self.sorted(sort_by_duration);
+                let records = self.sorted(parts, sort_by_duration);
                 let body = serde_json::json!({
                     "requests": records.iter().map(|r| r.summary()).collect::<Vec<_>>(),
                 });
@@ -165,7 +218,12 @@ impl ProfilerUi {
                 } else {
                     return not_found();
                 };
-                let Some(record) = id.parse().ok().and_then(|id| self.store.get_shared(id)) else {
+                let Some(record) = id
+                    .parse()
+                    .ok()
+                    .and_then(|id| self.store.get_shared(id))
+                    .filter(|r| self.can_see(parts, r))
+                else {
                     return not_found();
                 };
                 if json_view {
@@ -180,18 +238,25 @@ impl ProfilerUi {
         }
     }
 
-    fn sorted(&self, by_duration: bool) -> Vec<Arc<RequestRecord>> {
+    fn can_see(&self, viewer: &Parts, record: &RequestRecord) -> bool {
+        self.visible
+            .as_ref()
+            .is_none_or(|rule| rule(viewer, record))
+    }
+
+    fn sorted(&self, viewer: &Parts, by_duration: bool) -> Vec<Arc<RequestRecord>> {
         let mut records = self.store.shared_records();
+        records.retain(|r| self.can_see(viewer, r));
         if by_duration {
             records.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
         }
         records
     }
 
-    fn list_page(&self, by_duration: bool) -> String {
+    fn list_page(&self, viewer: &Parts, by_duration: bool) -> String {
         let base = esc(&self.base);
         let mut out = head("Requests", &base);
-        let records = self.sorted(by_duration);
+        let records = self.sorted(viewer, by_duration);
         let _ = write!(
             out,
             "<h1>Requests</h1><p class=\"meta\">{} kept · {} recorded in total · \

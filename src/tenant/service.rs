@@ -20,7 +20,7 @@ use super::{
     store::TenantStore,
     strategy::StrategyKind,
 };
-use crate::body::ResponseBody;
+use crate::{body::ResponseBody, log_safe::Escaped};
 
 /// The service built by [`TenantLayer`](super::TenantLayer).
 ///
@@ -85,7 +85,7 @@ impl<St> Shared<St> {
             r.strategy().map_or("none", StrategyKind::as_str),
             r.kind().as_str(),
         );
-        tracing::debug!(rejection = %r, strategy = ?r.strategy(), "tenant rejected");
+        tracing::debug!(rejection = %Escaped(&r.to_string()), strategy = ?r.strategy(), "tenant rejected");
         let mut res = self.responder.respond(r);
         res.extensions_mut().insert(r.clone());
         res

@@ -363,13 +363,15 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
     });
     // The profiler records every request but its own pages; its UI is for admins only
     // (the authentication middleware has put the `Principal` in the extensions).
-    let profiler = ProfilerLayer::new().sample_with(|r| !r.uri().path().starts_with("/_profiler"));
-    let profiler_ui = ProfilerUi::new(profiler.store()).authorize(|parts| {
-        parts
-            .extensions
-            .get::<auth::Principal>()
-            .is_some_and(|p| p.role == auth::Role::Admin)
-    });
+    // `Server-Timing` follows the UI's rule: timings and query counts only for admins.
+    let profiler = ProfilerLayer::new()
+        .sample_with(|r| !r.uri().path().starts_with("/_profiler"))
+        .identity(identity())
+        .server_timing_when(|r| is_admin(r.extensions()));
+    // An admin sees the records of their own tenant only.
+    let profiler_ui = ProfilerUi::new(profiler.store())
+        .authorize(|parts| is_admin(&parts.extensions))
+        .same_tenant(identity());
     let mut router = Router::new()
         .route("/health/", get(health::health))
         .route("/health/live/", get(health::live))
@@ -478,6 +480,13 @@ pub fn app_with(state: AppState, stack: Stack) -> Router {
 /// The shipped configuration file; its `[rate_limit]` table holds the origin ERP's
 /// limits, used when the running configuration has none.
 const SHIPPED_CONFIG: &str = include_str!("../rampart-erp.toml");
+
+/// Whether the request's principal is an admin (the profiler's UI and `Server-Timing`).
+fn is_admin(extensions: &axum::http::Extensions) -> bool {
+    extensions
+        .get::<auth::Principal>()
+        .is_some_and(|p| p.role == auth::Role::Admin)
+}
 
 /// Who the request is for, as the library layers read it: the authenticated
 /// [`auth::Principal`] and the resolved [`tenant::CurrentTenant`].

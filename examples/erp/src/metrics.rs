@@ -41,7 +41,9 @@ pub fn handle() -> PrometheusHandle {
 
 /// Middleware: counts requests by method, route and status, and times them.
 pub async fn track(req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    // Labels from closed sets: standard methods or `other`, the route template or
+    // `unmatched` (a client must not create series by inventing methods or paths).
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -49,11 +51,23 @@ pub async fn track(req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    metrics::counter!("erp_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("erp_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("erp_http_request_duration_seconds", "method" => method, "route" => route)
         .record(t0.elapsed().as_secs_f64());
     res
+}
+
+/// The method as a label: one of the standard methods, else `other`.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .iter()
+        .copied()
+        .find(|s| *s == m.as_str())
+        .unwrap_or("other")
 }
 
 /// `GET /metrics`.

@@ -128,10 +128,52 @@ async fn profiler_is_for_admins_only_and_records_requests() {
     assert_eq!(list.status, 200);
     let timing = list.headers["server-timing"].to_str().unwrap();
     assert!(timing.contains("total;dur="), "{timing}");
+    let not_admin = t.get("/api/v1/accounts", &user).await;
+    assert!(
+        !not_admin.headers.contains_key("server-timing"),
+        "timings only for admins"
+    );
+    let anonymous = t.send(get("/health/")).await;
+    assert!(!anonymous.headers.contains_key("server-timing"));
 
     let ui = t.call(Method::GET, "/_profiler/", Some(&admin), None).await;
     assert_eq!(ui.status, 200);
     assert!(ui.text().contains("/api/v1/accounts"), "{}", ui.text());
+
+    // Another tenant's admin sees none of acme's records, in the UI or its JSON.
+    let globex = t.token("globex", "admin").await;
+    let theirs = t
+        .call(Method::GET, "/_profiler/api/requests", Some(&globex), None)
+        .await;
+    assert_eq!(theirs.status, 200);
+    let listed = theirs.json()["requests"].as_array().unwrap().clone();
+    assert!(listed.iter().all(|r| r["tenant"] == "globex"), "{listed:?}");
+    let ours = t
+        .call(Method::GET, "/_profiler/api/requests", Some(&admin), None)
+        .await;
+    let ours = ours.json()["requests"].as_array().unwrap().clone();
+    assert!(
+        !ours.is_empty() && ours.iter().all(|r| r["tenant"] == "acme"),
+        "{ours:?}"
+    );
+    let id = ours[0]["id"].as_u64().unwrap();
+    let detail = format!("/_profiler/api/requests/{id}");
+    assert_eq!(
+        t.call(Method::GET, &detail, Some(&globex), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        t.call(Method::GET, &detail, Some(&admin), None)
+            .await
+            .status,
+        200
+    );
+    let page = t
+        .call(Method::GET, "/_profiler/", Some(&globex), None)
+        .await;
+    assert!(!page.text().contains("/api/v1/accounts"), "{}", page.text());
 }
 
 #[tokio::test]
@@ -206,7 +248,8 @@ fn a_broken_rate_limit_table_is_a_startup_error() {
 #[tokio::test]
 async fn the_bare_stack_has_no_library_layers_and_the_full_one_has_them_all() {
     let t = TestApp::sqlite().await;
-    let tok = t.token("acme", "user").await;
+    // An admin: `Server-Timing` is for admins only.
+    let tok = t.token("acme", "admin").await;
     let req = || {
         Request::get("/api/v1/reports/trial-balance")
             .header("authorization", format!("Bearer {tok}"))

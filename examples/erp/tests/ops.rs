@@ -111,6 +111,25 @@ async fn metrics_are_exposed() {
 }
 
 #[tokio::test]
+async fn invented_paths_and_methods_create_no_series() {
+    let t = TestApp::sqlite().await;
+    for i in 0..400u32 {
+        let method = if i % 4 == 0 {
+            Method::from_bytes(format!("ZQM{i}").as_bytes()).unwrap()
+        } else {
+            Method::GET
+        };
+        let path = format!("/zqp{i}/{}", i * 7919);
+        let _ = t.call(method, &path, None, None).await;
+    }
+    let text = t.call(Method::GET, "/metrics", None, None).await.text();
+    assert!(!text.contains("zqp"), "a path became a label");
+    assert!(!text.contains("ZQM"), "a method became a label");
+    assert!(text.contains("route=\"unmatched\""), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+}
+
+#[tokio::test]
 async fn openapi_document_matches_the_routes() {
     let t = TestApp::sqlite().await;
     let res = t.call(Method::GET, "/api/schema/", None, None).await;
