@@ -1144,6 +1144,9 @@ async fn two_tier_subscription_stays_up_over_many_heartbeats() {
     let warnings = Warnings::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    // Tests run in parallel with subscribers of their own: a callsite first met under
+    // another test's subscriber may have cached "not interested"; ask again.
+    tracing::callsite::rebuild_interest_cache();
     let mut server = RedisServer::start();
     let heartbeat = Duration::from_millis(100);
     let backend = TwoTierBackend::builder(

@@ -783,6 +783,7 @@ fn report_only_warns_about_ignored_directives() {
 async fn receiver_emits_a_warning_per_violation() {
     let counter = Arc::new(WarnCounter::default());
     let _guard = tracing::subscriber::set_default(counter.clone());
+    tracing::callsite::rebuild_interest_cache();
     let (s, _, _) = answer(
         ReportReceiver::new(),
         post("application/reports+json", REPORTS_JSON),
@@ -865,6 +866,7 @@ async fn control_characters_in_a_report_yield_one_escaped_log_line() {
             .with_writer(move || writer.clone()),
     );
     let _g = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     let forged =
         "https://example.com/\n2026-01-01T00:00:00Z  INFO admin logged in\u{1b}[2J\u{2028}x";
     let body = serde_json::json!({"csp-report": {

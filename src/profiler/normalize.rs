@@ -158,15 +158,17 @@ fn hide_words_in<'a>(sql: &'a str, toks: &mut [Tok<'a>], spans: &[(usize, usize)
     }
 }
 
-/// Whether a double-quoted token sits where only an identifier can: qualified (`"t"."c"`),
-/// or right after `FROM`, `JOIN`, `INTO`, `UPDATE`, `TABLE` or `AS`. Elsewhere MySQL and
+/// Whether a double-quoted token sits where only an identifier can: after a dot (the `"c"`
+/// of `"t"."c"`), or right after `FROM`, `JOIN`, `INTO`, `UPDATE`, `TABLE` or `AS`. Elsewhere MySQL and
 /// SQLite read `"…"` as a string, so it is treated as a literal.
-fn quoted_identifier_position(toks: &[Tok<'_>], next: Option<char>) -> bool {
+fn quoted_identifier_position(toks: &[Tok<'_>]) -> bool {
     const BEFORE: [&str; 6] = ["from", "join", "into", "update", "table", "as"];
     match toks.last() {
         Some(Tok::Punct(".")) => true,
         Some(Tok::Word(w)) if BEFORE.iter().any(|k| w.eq_ignore_ascii_case(k)) => true,
-        _ => next == Some('.'),
+        // Only what comes before decides: what follows may itself be rewritten (`"x".5`,
+        // `"x".X'…'`), and the answer must not change when the output is read again.
+        _ => false,
     }
 }
 
@@ -357,7 +359,7 @@ fn tokenize<'a>(
                 i += 1;
             }
             i = (i + 1).min(n);
-            if c == '"' && !quoted_identifier_position(&toks, chars.get(i).copied()) {
+            if c == '"' && !quoted_identifier_position(&toks) {
                 if let Some(spans) = spans.as_deref_mut() {
                     spans.push((offsets[start], offsets[i]));
                 }
@@ -407,8 +409,12 @@ fn bracket_identifier(rest: &[char]) -> bool {
         return false;
     };
     let name = &rest[..end];
-    name.first().is_some_and(|&c| is_word_start(c))
-        && name.iter().all(|&c| is_word_char(c) || c == ' ')
+    // Whitespace anywhere (a name on its own line): the same answer once the
+    // normaliser has rewritten the whitespace around it.
+    name.iter()
+        .find(|c| !c.is_whitespace())
+        .is_some_and(|&c| is_word_start(c))
+        && name.iter().all(|&c| is_word_char(c) || c.is_whitespace())
 }
 
 fn is_keyword(w: &str) -> bool {
@@ -687,7 +693,7 @@ mod tests {
             ("SELECT E'a\\'b', N'x'", "SELECT ?, ?"),
             (
                 "SELECT \"t\".\"c\" FROM \"users\" AS \"u\"",
-                "SELECT \"t\".\"c\" FROM \"users\" AS \"u\"",
+                "SELECT ?.\"c\" FROM \"users\" AS \"u\"",
             ),
             (
                 "SELECT a[1], ARRAY[2, 3] FROM t",

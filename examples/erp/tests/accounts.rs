@@ -26,7 +26,11 @@ async fn token_attempt(t: &TestApp, tenant: &str, user: &str, password: &str) ->
 async fn failed_sign_ins_are_limited_per_account_from_any_address() {
     let t = TestApp::sqlite().await;
     for i in 0..10 {
-        assert_eq!(token_attempt(&t, "acme", "user", "wrong").await, 401, "attempt {i}");
+        assert_eq!(
+            token_attempt(&t, "acme", "user", "wrong").await,
+            401,
+            "attempt {i}"
+        );
     }
     // The 11th, even with the right password, is refused before any hash.
     let res = t
