@@ -1187,8 +1187,14 @@ mod tests {
             let rq = req("10.0.0.1:1", &[("cloudfront-viewer-address", value)]);
             assert_eq!(ip(&r, &rq), want, "{value}");
         }
-        let a = req("10.0.0.1:1", &[("cloudfront-viewer-address", "2001:db8::1:2:3:4:80")]);
-        let b = req("10.0.0.1:1", &[("cloudfront-viewer-address", "2001:db8::9:2:3:4:80")]);
+        let a = req(
+            "10.0.0.1:1",
+            &[("cloudfront-viewer-address", "2001:db8::1:2:3:4:80")],
+        );
+        let b = req(
+            "10.0.0.1:1",
+            &[("cloudfront-viewer-address", "2001:db8::9:2:3:4:80")],
+        );
         assert_eq!(r.resolve(&a).unwrap().key(), r.resolve(&b).unwrap().key());
     }
 
