@@ -850,16 +850,22 @@ fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8
 /// A single-value header's address.
 fn parse_single(header: ForwardedHeader, value: &[u8]) -> Option<IpAddr> {
     if header == ForwardedHeader::CloudFrontViewerAddress {
-        // `198.51.100.10:46532` or `2a05:d018::12:46032`: the port follows the last colon.
-        if let Some(ip) = parse_ip_bytes(value) {
-            return Some(ip);
+        // `198.51.100.10:46532` or `2a05:d018::12:46032`: the port follows the last colon,
+        // always (read first: a port below 10000 is also a valid IPv6 group).
+        let colon = value.iter().rposition(|b| *b == b':');
+        if let Some(colon) = colon {
+            let (addr, port) = (&value[..colon], &value[colon + 1..]);
+            if !port.is_empty()
+                && port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && let Some(ip) = std::str::from_utf8(addr)
+                    .ok()
+                    .and_then(|a| IpAddr::from_str(a).ok())
+            {
+                return Some(ip);
+            }
         }
-        let colon = value.iter().rposition(|b| *b == b':')?;
-        let (addr, port) = (&value[..colon], &value[colon + 1..]);
-        if port.is_empty() || !port.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        return std::str::from_utf8(addr).ok()?.parse().ok();
+        return parse_ip_bytes(value);
     }
     parse_ip_bytes(value)
 }
@@ -1163,6 +1169,33 @@ mod tests {
             let rq = req("10.0.0.1:1", &[("cloudfront-viewer-address", value)]);
             assert_eq!(ip(&r, &rq), want, "{value}");
         }
+    }
+
+    /// CloudFront always appends the viewer's port, and a port below 10000 is a valid
+    /// IPv6 group: `2001:db8::1:2:3:4` from port 80 reads `2001:db8::1:2:3:4:80`, itself
+    /// an address (`2001:db8:0:1:2:3:4:80`) in another /64. A client picking its interface
+    /// id and source port would get a fresh rate-limit key each time; the port is the
+    /// part after the last colon, always.
+    #[test]
+    fn cloudfront_port_is_never_read_as_an_ipv6_group() {
+        let r = resolver().source(ForwardedHeader::CloudFrontViewerAddress);
+        for (value, want) in [
+            ("2001:db8::1:2:3:4:80", "2001:db8::1:2:3:4"),
+            ("2a05:d018::12:443", "2a05:d018::12"),
+            ("2001:db8::5:9999", "2001:db8::5"),
+        ] {
+            let rq = req("10.0.0.1:1", &[("cloudfront-viewer-address", value)]);
+            assert_eq!(ip(&r, &rq), want, "{value}");
+        }
+        let a = req(
+            "10.0.0.1:1",
+            &[("cloudfront-viewer-address", "2001:db8::1:2:3:4:80")],
+        );
+        let b = req(
+            "10.0.0.1:1",
+            &[("cloudfront-viewer-address", "2001:db8::9:2:3:4:80")],
+        );
+        assert_eq!(r.resolve(&a).unwrap().key(), r.resolve(&b).unwrap().key());
     }
 
     #[test]
