@@ -991,7 +991,7 @@ fn parse_allow(entry: &str) -> Result<ipnet::IpNet, ConfigError> {
              `10.0.0.0/8` or an address such as `192.0.2.7`",
         ));
     }
-    trimmed
+    let net = trimmed
         .parse::<ipnet::IpNet>()
         .map(|n| n.trunc())
         .or_else(|_| trimmed.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -1000,5 +1000,14 @@ fn parse_allow(entry: &str) -> Result<ipnet::IpNet, ConfigError> {
                 "rate-limit allowlist entry `{trimmed}` is neither a network (`10.0.0.0/8`) nor \
                  an address (`192.0.2.7`)"
             ))
-        })
+        })?;
+    // Clients are compared in canonical form (IPv4-mapped addresses as IPv4): an
+    // IPv4-mapped network is its IPv4 network.
+    Ok(match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    })
 }

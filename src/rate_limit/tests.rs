@@ -676,7 +676,7 @@ async fn allowlisted_clients_are_not_limited() {
     let layer = RateLimitLayer::builder()
         .policy(Policy::new("api", Quota::per_minute(1)))
         .policy(Policy::new("login", Quota::per_minute(1)).path("/login"))
-        .allow(["192.0.2.0/24"])
+        .allow(["192.0.2.0/24", "::ffff:100.64.0.0/120"])
         .allow_for("login", ["198.51.100.7"])
         .build()
         .unwrap();
@@ -684,6 +684,10 @@ async fn allowlisted_clients_are_not_limited() {
     for _ in 0..5 {
         assert_eq!(status(&mut svc, get("/x", "192.0.2.9:1")).await, 200);
         assert_eq!(status(&mut svc, get("/login", "192.0.2.9:1")).await, 200);
+    }
+    // An IPv4-mapped network holds the IPv4 clients.
+    for _ in 0..3 {
+        assert_eq!(status(&mut svc, get("/x", "100.64.0.9:1")).await, 200);
     }
     // Exempt from `login` only: `api` still applies to it.
     assert_eq!(status(&mut svc, get("/login", "198.51.100.7:1")).await, 200);

@@ -242,7 +242,7 @@ impl MemoryStore {
                         *tat = (*tat)
                             .max(now)
                             .saturating_add(cost.saturating_mul(w.interval))
-                            .min(now + full);
+                            .min(now.saturating_add(full));
                     }
                 }
                 (outcome, true)
