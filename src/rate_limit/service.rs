@@ -101,9 +101,7 @@ where
                 };
             }
             Plan::Counted(headers, deferred) => {
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let limiter = self.limiter.clone();
+                let (mut inner, limiter) = self.take_ready();
                 return ResponseFuture {
                     kind: Kind::Boxed {
                         fut: Box::pin(async move {
@@ -116,9 +114,7 @@ where
             }
             #[cfg(feature = "redis")]
             Plan::Remote(subjects, grpc) => {
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let limiter = self.limiter.clone();
+                let (mut inner, limiter) = self.take_ready();
                 return ResponseFuture {
                     kind: Kind::Boxed {
                         fut: Box::pin(async move {
@@ -146,6 +142,18 @@ where
                 headers,
             },
         }
+    }
+}
+
+impl<S: Clone> RateLimit<S> {
+    /// The ready inner service, moved out for a boxed future (a clone takes its place:
+    /// tower's "be careful when cloning inner services"), and the shared limiter.
+    fn take_ready(&mut self) -> (S, Arc<Limiter>) {
+        let clone = self.inner.clone();
+        (
+            std::mem::replace(&mut self.inner, clone),
+            self.limiter.clone(),
+        )
     }
 }
 

@@ -794,6 +794,16 @@ async fn a_flood_on_one_policy_never_resets_another_policys_exhausted_key() {
     }
 }
 
+/// `check`, `peek` or `record` of one unit of the `failures` policy for `key`: allowed?
+pub(super) async fn direct(layer: &RateLimitLayer, op: &str, key: &str) -> bool {
+    let decision = match op {
+        "check" => layer.check("failures", key, 1).await,
+        "peek" => layer.peek("failures", key, 1).await,
+        _ => layer.record("failures", key, 1).await,
+    };
+    decision.unwrap().is_allowed()
+}
+
 #[tokio::test(start_paused = true)]
 async fn direct_decisions_check_peek_and_record() {
     let layer = RateLimitLayer::builder()
@@ -805,68 +815,26 @@ async fn direct_decisions_check_peek_and_record() {
     for _ in 0..5 {
         assert_eq!(status(&mut svc, get("/x", PEER)).await, 200);
     }
-    assert!(
-        layer
-            .peek("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        layer
-            .record("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        layer
-            .record("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(direct(&layer, "peek", "acme/alice").await);
+    assert!(direct(&layer, "record", "acme/alice").await);
+    assert!(direct(&layer, "record", "acme/alice").await);
     // Recorded past the quota: counted anyway (the bucket stays full), never an error.
-    assert!(
-        !layer
-            .record("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(!direct(&layer, "record", "acme/alice").await);
     let refused = layer.check("failures", "acme/alice", 1).await.unwrap();
     assert!(!refused.is_allowed());
     assert!(refused.retry_after() > Duration::ZERO);
     let res = refused.into_response().unwrap();
     assert_eq!(res.status(), 429);
     assert!(res.headers().contains_key("retry-after"));
-    assert!(
-        layer
-            .check("failures", "acme/bob", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(direct(&layer, "check", "acme/bob").await);
     // A peek consumes nothing.
     for _ in 0..5 {
-        assert!(
-            layer
-                .peek("failures", "acme/carol", 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(direct(&layer, "peek", "acme/carol").await);
     }
     let err = layer.check("nope", "x", 1).await.unwrap_err();
     assert!(err.to_string().contains("`nope`"));
     tokio::time::advance(Duration::from_secs(30)).await;
-    assert!(
-        layer
-            .check("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(direct(&layer, "check", "acme/alice").await);
 }
 
 /// A service answering 401 on `/fail` and 200 elsewhere, for counting by outcome.

@@ -426,10 +426,7 @@ impl RedisStore {
             None => None,
         };
         let mut base = self.key_base(policy, subject);
-        let down = match self.down_until.len() {
-            1 => &self.down_until[0],
-            _ => &self.down_until[usize::from(key_slot(&base))],
-        };
+        let down = self.down_mark(&base);
         if down.load(Ordering::Relaxed) > now {
             return Err(BackendError::Down);
         }
@@ -464,10 +461,7 @@ impl RedisStore {
     ) -> Result<Outcome, BackendError> {
         let now = self.backend.clock.now_us();
         let mut base = self.key_base(policy, subject);
-        let down = match self.down_until.len() {
-            1 => &self.down_until[0],
-            _ => &self.down_until[usize::from(key_slot(&base))],
-        };
+        let down = self.down_mark(&base);
         if down.load(Ordering::Relaxed) > now {
             return Err(BackendError::Down);
         }
@@ -476,6 +470,15 @@ impl RedisStore {
             self.mark_down(down);
         }
         result
+    }
+
+    /// The retry-interval mark of the Redis (standalone) or hash slot (Cluster) that the
+    /// keys starting with `base` live on.
+    fn down_mark(&self, base: &str) -> &AtomicU64 {
+        match self.down_until.len() {
+            1 => &self.down_until[0],
+            _ => &self.down_until[usize::from(key_slot(base))],
+        }
     }
 
     /// Leaves Redis alone for the retry interval, counted from now (after the failed

@@ -717,81 +717,27 @@ async fn direct_decisions_on_redis() {
         .redis(backend(&server.url()).await)
         .build()
         .unwrap();
-    assert!(
-        layer
-            .peek("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        layer
-            .peek("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        layer
-            .check("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        layer
-            .record("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        !layer
-            .record("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(super::direct(&layer, "peek", "acme/alice").await);
+    assert!(super::direct(&layer, "peek", "acme/alice").await);
+    assert!(super::direct(&layer, "check", "acme/alice").await);
+    assert!(super::direct(&layer, "record", "acme/alice").await);
+    assert!(!super::direct(&layer, "record", "acme/alice").await);
     let refused = layer.check("failures", "acme/alice", 1).await.unwrap();
     assert!(!refused.is_allowed());
     assert_eq!(refused.into_response().unwrap().status(), 429);
-    assert!(
-        !layer
-            .peek("failures", "acme/alice", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        layer
-            .check("failures", "acme/bob", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(!super::direct(&layer, "peek", "acme/alice").await);
+    assert!(super::direct(&layer, "check", "acme/bob").await);
     // Concurrent records are all counted: exactly the quota is then used up.
     let many = futures_like_join(&layer, 50).await;
     assert_eq!(many, 2, "two of fifty fitted");
-    assert!(
-        !layer
-            .check("failures", "acme/carol", 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(!super::direct(&layer, "check", "acme/carol").await);
 }
 
 async fn futures_like_join(layer: &RateLimitLayer, n: usize) -> usize {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let layer = layer.clone();
-        set.spawn(async move {
-            layer
-                .record("failures", "acme/carol", 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        });
+        set.spawn(async move { super::direct(&layer, "record", "acme/carol").await });
     }
     let mut fitted = 0;
     while let Some(r) = set.join_next().await {
