@@ -819,7 +819,7 @@ proptest! {
             S::Path => path.as_ref(),
             S::Claim => claim.as_ref(),
         });
-        let res = tokio::runtime::Builder::new_current_thread().build().unwrap()
+        let res = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
             .block_on(svc.oneshot(r)).unwrap();
         match first.map(|raw| TenantId::parse(raw)) {
             None => prop_assert_eq!(res.status(), StatusCode::BAD_REQUEST),
@@ -858,4 +858,47 @@ impl UserIdentity for Owned {
     fn tenant_id(&self) -> Option<&str> {
         Some(&self.0)
     }
+}
+
+/// Issue 17: the layer had no timeout of its own; a hung store held every request.
+#[tokio::test(start_paused = true)]
+async fn slow_store_answers_503_after_the_lookup_timeout() {
+    let st = Counting {
+        delay: Some(Duration::from_secs(30)),
+        ..Counting::with(&["acme"])
+    };
+    let build = |b: TenantLayerBuilder<Counting>| {
+        b.host("{tenant}.example.com").build().unwrap().layer(service_fn(
+            |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(String::new())) },
+        ))
+    };
+    // By default, 2 s.
+    let started = tokio::time::Instant::now();
+    let res = build(TenantLayer::builder(st.clone()))
+        .oneshot(req("/", &[("host", "acme.example.com")]))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let r = res.extensions().get::<TenantRejection>().unwrap();
+    assert_eq!(r.kind(), RejectionKind::StoreUnavailable);
+    assert!(r.store_error().unwrap().to_string().contains("timed out"));
+
+    // Configured.
+    let started = tokio::time::Instant::now();
+    let res = build(TenantLayer::builder(st.clone()).lookup_timeout(Duration::from_millis(300)))
+        .oneshot(req("/", &[("host", "acme.example.com")]))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        TenantLayer::builder(st)
+            .host("{tenant}.example.com")
+            .lookup_timeout(Duration::ZERO)
+            .build()
+            .is_err()
+    );
 }
