@@ -22,6 +22,52 @@ use super::values::{
 use crate::csp::{CompiledCsp, Csp, CspNonce, CspSettings};
 use crate::{client_ip::ClientIpResolver, error::ConfigError};
 
+/// Response headers that reveal the server's software or version, removed by default
+/// (lower case): `Server`, `X-Powered-By` and the others of the OWASP Secure Headers
+/// Project's list of headers to remove (`ci/headers_remove.json`).
+const FINGERPRINT_HEADERS: &[&str] = &[
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-runtime",
+    "x-version",
+    "x-generator",
+    "x-generated-by",
+    "x-drupal-cache",
+    "x-drupal-dynamic-cache",
+    "x-powered-cms",
+    "x-powered-by-plesk",
+    "x-server-powered-by",
+    "x-cf-powered-by",
+    "x-backend-server",
+    "x-beserver",
+    "x-feserver",
+    "x-php-version",
+    "x-joomla-version",
+    "x-umbraco-version",
+    "x-owa-version",
+    "x-cocoon-version",
+    "x-cms",
+    "x-framework",
+    "x-turbo-charged-by",
+    "x-content-encoded-by",
+    "x-mod-pagespeed",
+    "x-page-speed",
+    "x-redirect-by",
+    "x-sourcefiles",
+    "x-aspnetcore-version",
+    "x-varnish-backend",
+    "x-varnish-server",
+    "x-nextjs-cache",
+    "x-nextjs-matched-path",
+    "x-nextjs-page",
+    "x-envoy-upstream-service-time",
+    "x-envoy-original-dst-host",
+    "liferay-portal",
+    "powered-by",
+];
+
 /// Configures a [`SecurityHeadersLayer`]; start from
 /// [`SecurityHeadersLayer::recommended`] or [`SecurityHeadersLayer::strict`].
 ///
@@ -74,7 +120,7 @@ impl SecurityHeadersBuilder {
             permissions: Some(PermissionsPolicy::recommended()),
             no_store_paths: Vec::new(),
             extra: Vec::new(),
-            remove: vec!["server".to_owned(), "x-powered-by".to_owned()],
+            remove: FINGERPRINT_HEADERS.iter().map(|&n| n.to_owned()).collect(),
             modes: Vec::new(),
             default_mode: HeaderMode::SetIfAbsent,
             #[cfg(feature = "csp")]
@@ -278,7 +324,9 @@ impl SecurityHeadersBuilder {
 
     /// Removes a response header (for example one revealing the server software).
     ///
-    /// By default, `Server` and `X-Powered-By` are removed.
+    /// By default, `Server`, `X-Powered-By` and the other fingerprinting headers of the
+    /// OWASP Secure Headers Project (`X-AspNet-Version`, `X-Runtime`, `X-Generator`…)
+    /// are removed.
     pub fn remove_header(mut self, name: impl Into<String>) -> Self {
         self.remove.push(name.into());
         self
@@ -640,7 +688,9 @@ impl SecurityHeadersLayer {
     /// | `Permissions-Policy` | [`PermissionsPolicy::recommended`] |
     /// | `Content-Security-Policy` (feature `csp`) | [`Csp::recommended`](crate::csp::Csp::recommended) |
     ///
-    /// `Server` and `X-Powered-By` are removed. Headers the application set are kept.
+    /// `Server`, `X-Powered-By` and the OWASP list of fingerprinting headers
+    /// (`X-AspNet-Version`, `X-Runtime`, `X-Generator`…) are removed. Headers the
+    /// application set are kept.
     pub fn recommended() -> SecurityHeadersBuilder {
         SecurityHeadersBuilder::recommended()
     }

@@ -596,3 +596,42 @@ mod axum_extractor {
         );
     }
 }
+
+/// Issue 17: only `Server` and `X-Powered-By` were removed; the other fingerprinting
+/// headers of the OWASP secure-headers list reached the client.
+#[tokio::test]
+async fn owasp_fingerprinting_headers_are_removed() {
+    const LEAKY: &[(&str, &str)] = &[
+        ("x-aspnet-version", "4.0.30319"),
+        ("x-aspnetmvc-version", "5.2"),
+        ("x-runtime", "0.012"),
+        ("x-version", "1.2.3"),
+        ("x-generator", "Drupal 10"),
+        ("x-drupal-cache", "HIT"),
+        ("x-powered-cms", "Bitrix"),
+        ("x-backend-server", "app-3.internal"),
+        ("x-php-version", "8.3"),
+        ("x-app-kept", "yes"),
+    ];
+    let layer = SecurityHeadersLayer::recommended().build().unwrap();
+    let res = layer
+        .layer(service_fn(app_headers(LEAKY)))
+        .oneshot(https())
+        .await
+        .unwrap();
+    for (name, _) in &LEAKY[..LEAKY.len() - 1] {
+        assert!(!res.headers().contains_key(*name), "{name} leaked");
+    }
+    assert_eq!(res.headers()["x-app-kept"], "yes");
+    // keep_header opts one back in.
+    let layer = SecurityHeadersLayer::recommended()
+        .keep_header("X-Runtime")
+        .build()
+        .unwrap();
+    let res = layer
+        .layer(service_fn(app_headers(LEAKY)))
+        .oneshot(https())
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-runtime"], "0.012");
+}
