@@ -91,6 +91,8 @@ pub struct SecurityHeadersBuilder {
     xss_protection: bool,
     permissions: Option<PermissionsPolicy>,
     no_store_paths: Vec<String>,
+    no_store_credentialed: bool,
+    session_cookie: Option<String>,
     extra: Vec<(String, String)>,
     remove: Vec<String>,
     modes: Vec<(String, HeaderMode)>,
@@ -119,6 +121,8 @@ impl SecurityHeadersBuilder {
             xss_protection: true,
             permissions: Some(PermissionsPolicy::recommended()),
             no_store_paths: Vec::new(),
+            no_store_credentialed: true,
+            session_cookie: None,
             extra: Vec::new(),
             remove: FINGERPRINT_HEADERS.iter().map(|&n| n.to_owned()).collect(),
             modes: Vec::new(),
@@ -311,6 +315,23 @@ impl SecurityHeadersBuilder {
         S: Into<String>,
     {
         self.no_store_paths = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether responses to credentialed requests (an `Authorization` header, or the
+    /// [`session_cookie`](Self::session_cookie)) get `Cache-Control: no-store` when the
+    /// handler set no `Cache-Control`, so a shared cache or the browser's back button never
+    /// keeps a signed-in user's page (RFC 9111 section 5.2.2.5). By default, `true`.
+    pub fn no_store_credentialed(mut self, on: bool) -> Self {
+        self.no_store_credentialed = on;
+        self
+    }
+
+    /// The name of the session cookie that makes a request credentialed (see
+    /// [`no_store_credentialed`](Self::no_store_credentialed)). By default, none: only
+    /// `Authorization` does.
+    pub fn session_cookie(mut self, name: impl Into<String>) -> Self {
+        self.session_cookie = Some(name.into());
         self
     }
 
@@ -526,6 +547,17 @@ impl SecurityHeadersBuilder {
             .iter()
             .map(|n| parse_name(n))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(name) = &self.session_cookie
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)))
+        {
+            return Err(ConfigError::new(format!(
+                "session cookie name {name:?} is not a valid cookie name (RFC 6265 token): \
+                 use e.g. .session_cookie(\"sid\")"
+            )));
+        }
         for p in &self.no_store_paths {
             if !p.starts_with('/') {
                 return Err(ConfigError::new(format!(
@@ -544,6 +576,8 @@ impl SecurityHeadersBuilder {
                 .map(|p| p.trim_end_matches('/').to_owned())
                 .collect(),
             no_store_overwrite: self.mode_of(&header::CACHE_CONTROL) == HeaderMode::Overwrite,
+            no_store_credentialed: self.no_store_credentialed,
+            session_cookie: self.session_cookie.clone().map(String::into_boxed_str),
             #[cfg(feature = "csp")]
             csp: if self.csp.is_empty() {
                 None
@@ -583,6 +617,8 @@ struct HeaderSet {
     remove: Box<[HeaderName]>,
     no_store: Box<[String]>,
     no_store_overwrite: bool,
+    no_store_credentialed: bool,
+    session_cookie: Option<Box<str>>,
     #[cfg(feature = "csp")]
     csp: Option<CompiledCsp>,
     #[cfg(feature = "csp")]
@@ -763,7 +799,8 @@ where
             shared.route_of(path)
         };
         let set = shared.set(route);
-        let no_store = set.no_store.iter().any(|p| under(path, p));
+        let no_store = set.no_store.iter().any(|p| under(path, p))
+            || (set.no_store_credentialed && credentialed(&req, set.session_cookie.as_deref()));
         let https = set.hsts.is_some()
             && (set.hsts_always || shared.resolver.scheme(&req) == Some("https"));
         #[cfg(feature = "csp")]
@@ -790,6 +827,24 @@ where
             pending: Some(pending),
         }
     }
+}
+
+/// Whether the request carries credentials: `Authorization`, or a cookie named `session`.
+fn credentialed<B>(req: &Request<B>, session: Option<&str>) -> bool {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    let Some(session) = session else {
+        return false;
+    };
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .any(|pair| {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            name.trim_ascii() == session.as_bytes()
+        })
 }
 
 impl Pending {
