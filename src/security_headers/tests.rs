@@ -643,7 +643,9 @@ async fn credentialed_requests_get_no_store_unless_the_handler_chose() {
         .session_cookie("sid")
         .build()
         .unwrap();
-    let call = |layer: &SecurityHeadersLayer, h: &'static [(&'static str, &'static str)], creds: Option<(&str, &str)>| {
+    let call = |layer: &SecurityHeadersLayer,
+                h: &'static [(&'static str, &'static str)],
+                creds: Option<(&str, &str)>| {
         let mut req = https();
         if let Some((k, v)) = creds {
             req.headers_mut().insert(
@@ -666,9 +668,13 @@ async fn credentialed_requests_get_no_store_unless_the_handler_chose() {
         let res = call(&layer, &[], Some(creds)).await.unwrap();
         assert_eq!(cc(&res).as_deref(), Some("no-store"), "{creds:?}");
         // The handler's own Cache-Control is kept.
-        let res = call(&layer, &[("cache-control", "private, max-age=60")], Some(creds))
-            .await
-            .unwrap();
+        let res = call(
+            &layer,
+            &[("cache-control", "private, max-age=60")],
+            Some(creds),
+        )
+        .await
+        .unwrap();
         assert_eq!(cc(&res).as_deref(), Some("private, max-age=60"));
     }
     // Anonymous, or another cookie (a name merely containing `sid`): untouched.

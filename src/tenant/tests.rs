@@ -868,9 +868,12 @@ async fn slow_store_answers_503_after_the_lookup_timeout() {
         ..Counting::with(&["acme"])
     };
     let build = |b: TenantLayerBuilder<Counting>| {
-        b.host("{tenant}.example.com").build().unwrap().layer(service_fn(
-            |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(String::new())) },
-        ))
+        b.host("{tenant}.example.com")
+            .build()
+            .unwrap()
+            .layer(service_fn(|_req: Request<()>| async move {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }))
     };
     // By default, 2 s.
     let started = tokio::time::Instant::now();
