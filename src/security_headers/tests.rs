@@ -698,3 +698,18 @@ async fn credentialed_requests_get_no_store_unless_the_handler_chose() {
             .is_err()
     );
 }
+
+#[test]
+fn clear_site_data_renders_once_and_rejects_nothing() {
+    let v = ClearSiteData::new([
+        ClearSiteDataType::Cookies,
+        ClearSiteDataType::Cookies,
+        ClearSiteDataType::ExecutionContexts,
+    ])
+    .unwrap();
+    assert_eq!(v.header_value(), r#""cookies", "executionContexts""#);
+    assert!(ClearSiteData::new([]).is_err());
+    let mut h = HeaderMap::new();
+    ClearSiteData::all().apply(&mut h);
+    assert_eq!(h["clear-site-data"], r#""*""#);
+}
