@@ -165,7 +165,7 @@ where
                 }
                 Ok(None) => Err(shared.reject(&TenantRejection::unknown(kind, id))),
                 Err(e) => {
-                    tracing::warn!(error = %e, tenant = ?id, "tenant store lookup failed");
+                    tracing::warn!(error = ?e, tenant = ?id, "tenant store lookup failed");
                     Err(shared.reject(&TenantRejection::store(kind, id, e)))
                 }
             }
