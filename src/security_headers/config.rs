@@ -106,6 +106,10 @@ pub struct SecurityHeadersConfig {
     pub permissions_policy: Option<Setting<PermissionsPolicy>>,
     /// Path prefixes answered with `Cache-Control: no-store`.
     pub no_store_paths: Option<Vec<String>>,
+    /// `Cache-Control: no-store` on responses to credentialed requests (by default on).
+    pub no_store_credentialed: Option<bool>,
+    /// The session cookie's name, which makes a request credentialed.
+    pub session_cookie: Option<String>,
     /// More fixed headers.
     pub headers: BTreeMap<String, String>,
     /// More headers to remove.
@@ -194,6 +198,12 @@ impl SecurityHeadersConfig {
         }
         if let Some(p) = self.no_store_paths {
             b = b.no_store_paths(p);
+        }
+        if let Some(v) = self.no_store_credentialed {
+            b = b.no_store_credentialed(v);
+        }
+        if let Some(name) = self.session_cookie {
+            b = b.session_cookie(name);
         }
         for (name, value) in self.headers {
             b = b.header(name, value);

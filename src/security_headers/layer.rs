@@ -22,6 +22,52 @@ use super::values::{
 use crate::csp::{CompiledCsp, Csp, CspNonce, CspSettings};
 use crate::{client_ip::ClientIpResolver, error::ConfigError};
 
+/// Response headers that reveal the server's software or version, removed by default
+/// (lower case): `Server`, `X-Powered-By` and the others of the OWASP Secure Headers
+/// Project's list of headers to remove (`ci/headers_remove.json`).
+const FINGERPRINT_HEADERS: &[&str] = &[
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-runtime",
+    "x-version",
+    "x-generator",
+    "x-generated-by",
+    "x-drupal-cache",
+    "x-drupal-dynamic-cache",
+    "x-powered-cms",
+    "x-powered-by-plesk",
+    "x-server-powered-by",
+    "x-cf-powered-by",
+    "x-backend-server",
+    "x-beserver",
+    "x-feserver",
+    "x-php-version",
+    "x-joomla-version",
+    "x-umbraco-version",
+    "x-owa-version",
+    "x-cocoon-version",
+    "x-cms",
+    "x-framework",
+    "x-turbo-charged-by",
+    "x-content-encoded-by",
+    "x-mod-pagespeed",
+    "x-page-speed",
+    "x-redirect-by",
+    "x-sourcefiles",
+    "x-aspnetcore-version",
+    "x-varnish-backend",
+    "x-varnish-server",
+    "x-nextjs-cache",
+    "x-nextjs-matched-path",
+    "x-nextjs-page",
+    "x-envoy-upstream-service-time",
+    "x-envoy-original-dst-host",
+    "liferay-portal",
+    "powered-by",
+];
+
 /// Configures a [`SecurityHeadersLayer`]; start from
 /// [`SecurityHeadersLayer::recommended`] or [`SecurityHeadersLayer::strict`].
 ///
@@ -45,6 +91,8 @@ pub struct SecurityHeadersBuilder {
     xss_protection: bool,
     permissions: Option<PermissionsPolicy>,
     no_store_paths: Vec<String>,
+    no_store_credentialed: bool,
+    session_cookie: Option<String>,
     extra: Vec<(String, String)>,
     remove: Vec<String>,
     modes: Vec<(String, HeaderMode)>,
@@ -73,8 +121,10 @@ impl SecurityHeadersBuilder {
             xss_protection: true,
             permissions: Some(PermissionsPolicy::recommended()),
             no_store_paths: Vec::new(),
+            no_store_credentialed: true,
+            session_cookie: None,
             extra: Vec::new(),
-            remove: vec!["server".to_owned(), "x-powered-by".to_owned()],
+            remove: FINGERPRINT_HEADERS.iter().map(|&n| n.to_owned()).collect(),
             modes: Vec::new(),
             default_mode: HeaderMode::SetIfAbsent,
             #[cfg(feature = "csp")]
@@ -268,6 +318,23 @@ impl SecurityHeadersBuilder {
         self
     }
 
+    /// Whether responses to credentialed requests (an `Authorization` header, or the
+    /// [`session_cookie`](Self::session_cookie)) get `Cache-Control: no-store` when the
+    /// handler set no `Cache-Control`, so a shared cache or the browser's back button never
+    /// keeps a signed-in user's page (RFC 9111 section 5.2.2.5). By default, `true`.
+    pub fn no_store_credentialed(mut self, on: bool) -> Self {
+        self.no_store_credentialed = on;
+        self
+    }
+
+    /// The name of the session cookie that makes a request credentialed (see
+    /// [`no_store_credentialed`](Self::no_store_credentialed)). By default, none: only
+    /// `Authorization` does.
+    pub fn session_cookie(mut self, name: impl Into<String>) -> Self {
+        self.session_cookie = Some(name.into());
+        self
+    }
+
     /// Adds any other header with a fixed value.
     ///
     /// By default, none.
@@ -278,7 +345,9 @@ impl SecurityHeadersBuilder {
 
     /// Removes a response header (for example one revealing the server software).
     ///
-    /// By default, `Server` and `X-Powered-By` are removed.
+    /// By default, `Server`, `X-Powered-By` and the other fingerprinting headers of the
+    /// OWASP Secure Headers Project (`X-AspNet-Version`, `X-Runtime`, `X-Generator`…)
+    /// are removed.
     pub fn remove_header(mut self, name: impl Into<String>) -> Self {
         self.remove.push(name.into());
         self
@@ -478,6 +547,17 @@ impl SecurityHeadersBuilder {
             .iter()
             .map(|n| parse_name(n))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(name) = &self.session_cookie
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)))
+        {
+            return Err(ConfigError::new(format!(
+                "session cookie name {name:?} is not a valid cookie name (RFC 6265 token): \
+                 use e.g. .session_cookie(\"sid\")"
+            )));
+        }
         for p in &self.no_store_paths {
             if !p.starts_with('/') {
                 return Err(ConfigError::new(format!(
@@ -496,6 +576,8 @@ impl SecurityHeadersBuilder {
                 .map(|p| p.trim_end_matches('/').to_owned())
                 .collect(),
             no_store_overwrite: self.mode_of(&header::CACHE_CONTROL) == HeaderMode::Overwrite,
+            no_store_credentialed: self.no_store_credentialed,
+            session_cookie: self.session_cookie.clone().map(String::into_boxed_str),
             #[cfg(feature = "csp")]
             csp: if self.csp.is_empty() {
                 None
@@ -535,6 +617,8 @@ struct HeaderSet {
     remove: Box<[HeaderName]>,
     no_store: Box<[String]>,
     no_store_overwrite: bool,
+    no_store_credentialed: bool,
+    session_cookie: Option<Box<str>>,
     #[cfg(feature = "csp")]
     csp: Option<CompiledCsp>,
     #[cfg(feature = "csp")]
@@ -640,7 +724,9 @@ impl SecurityHeadersLayer {
     /// | `Permissions-Policy` | [`PermissionsPolicy::recommended`] |
     /// | `Content-Security-Policy` (feature `csp`) | [`Csp::recommended`](crate::csp::Csp::recommended) |
     ///
-    /// `Server` and `X-Powered-By` are removed. Headers the application set are kept.
+    /// `Server`, `X-Powered-By` and the OWASP list of fingerprinting headers
+    /// (`X-AspNet-Version`, `X-Runtime`, `X-Generator`…) are removed. Headers the
+    /// application set are kept.
     pub fn recommended() -> SecurityHeadersBuilder {
         SecurityHeadersBuilder::recommended()
     }
@@ -713,7 +799,8 @@ where
             shared.route_of(path)
         };
         let set = shared.set(route);
-        let no_store = set.no_store.iter().any(|p| under(path, p));
+        let no_store = set.no_store.iter().any(|p| under(path, p))
+            || (set.no_store_credentialed && credentialed(&req, set.session_cookie.as_deref()));
         let https = set.hsts.is_some()
             && (set.hsts_always || shared.resolver.scheme(&req) == Some("https"));
         #[cfg(feature = "csp")]
@@ -740,6 +827,24 @@ where
             pending: Some(pending),
         }
     }
+}
+
+/// Whether the request carries credentials: `Authorization`, or a cookie named `session`.
+fn credentialed<B>(req: &Request<B>, session: Option<&str>) -> bool {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    let Some(session) = session else {
+        return false;
+    };
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .any(|pair| {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            name.trim_ascii() == session.as_bytes()
+        })
 }
 
 impl Pending {

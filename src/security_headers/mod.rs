@@ -70,7 +70,8 @@ mod tests;
 pub use config::{Preset, SecurityHeadersConfig, Setting};
 pub use layer::{ResponseFuture, SecurityHeaders, SecurityHeadersBuilder, SecurityHeadersLayer};
 pub use values::{
-    Allowlist, CrossOriginEmbedderPolicy, CrossOriginOpenerPolicy, CrossOriginResourcePolicy,
-    DnsPrefetchControl, Feature, FrameOptions, HeaderMode, Hsts, HstsWhen, ONE_YEAR_SECS,
-    PermissionsPolicy, PermittedCrossDomainPolicies, ReferrerPolicy,
+    Allowlist, ClearSiteData, ClearSiteDataType, CrossOriginEmbedderPolicy,
+    CrossOriginOpenerPolicy, CrossOriginResourcePolicy, DnsPrefetchControl, Feature, FrameOptions,
+    HeaderMode, Hsts, HstsWhen, ONE_YEAR_SECS, PermissionsPolicy, PermittedCrossDomainPolicies,
+    ReferrerPolicy,
 };

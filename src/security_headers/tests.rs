@@ -610,3 +610,120 @@ mod axum_extractor {
         );
     }
 }
+
+/// Issue 17: only `Server` and `X-Powered-By` were removed; the other fingerprinting
+/// headers of the OWASP secure-headers list reached the client.
+#[tokio::test]
+async fn owasp_fingerprinting_headers_are_removed() {
+    const LEAKY: &[(&str, &str)] = &[
+        ("x-aspnet-version", "4.0.30319"),
+        ("x-aspnetmvc-version", "5.2"),
+        ("x-runtime", "0.012"),
+        ("x-version", "1.2.3"),
+        ("x-generator", "Drupal 10"),
+        ("x-drupal-cache", "HIT"),
+        ("x-powered-cms", "Bitrix"),
+        ("x-backend-server", "app-3.internal"),
+        ("x-php-version", "8.3"),
+        ("x-app-kept", "yes"),
+    ];
+    let layer = SecurityHeadersLayer::recommended().build().unwrap();
+    let res = layer
+        .layer(service_fn(app_headers(LEAKY)))
+        .oneshot(https())
+        .await
+        .unwrap();
+    for (name, _) in &LEAKY[..LEAKY.len() - 1] {
+        assert!(!res.headers().contains_key(*name), "{name} leaked");
+    }
+    assert_eq!(res.headers()["x-app-kept"], "yes");
+    // keep_header opts one back in.
+    let layer = SecurityHeadersLayer::recommended()
+        .keep_header("X-Runtime")
+        .build()
+        .unwrap();
+    let res = layer
+        .layer(service_fn(app_headers(LEAKY)))
+        .oneshot(https())
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-runtime"], "0.012");
+}
+
+/// Issue 17: responses to signed-in users carried no `Cache-Control`.
+#[tokio::test]
+async fn credentialed_requests_get_no_store_unless_the_handler_chose() {
+    let layer = SecurityHeadersLayer::recommended()
+        .session_cookie("sid")
+        .build()
+        .unwrap();
+    let call = |layer: &SecurityHeadersLayer,
+                h: &'static [(&'static str, &'static str)],
+                creds: Option<(&str, &str)>| {
+        let mut req = https();
+        if let Some((k, v)) = creds {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        layer.layer(service_fn(app_headers(h))).oneshot(req)
+    };
+    let cc = |res: &Response<String>| {
+        res.headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    for creds in [
+        ("authorization", "Bearer abc"),
+        ("cookie", "theme=dark; sid=s3cr3t"),
+        ("cookie", "sid=s3cr3t"),
+    ] {
+        let res = call(&layer, &[], Some(creds)).await.unwrap();
+        assert_eq!(cc(&res).as_deref(), Some("no-store"), "{creds:?}");
+        // The handler's own Cache-Control is kept.
+        let res = call(
+            &layer,
+            &[("cache-control", "private, max-age=60")],
+            Some(creds),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cc(&res).as_deref(), Some("private, max-age=60"));
+    }
+    // Anonymous, or another cookie (a name merely containing `sid`): untouched.
+    for creds in [None, Some(("cookie", "theme=dark; xsid=1; sidx=2"))] {
+        let res = call(&layer, &[], creds).await.unwrap();
+        assert_eq!(cc(&res), None, "{creds:?}");
+    }
+    // Off.
+    let off = SecurityHeadersLayer::recommended()
+        .no_store_credentialed(false)
+        .build()
+        .unwrap();
+    let res = call(&off, &[], Some(("authorization", "Bearer abc")))
+        .await
+        .unwrap();
+    assert_eq!(cc(&res), None);
+    assert!(
+        SecurityHeadersLayer::recommended()
+            .session_cookie("bad name;")
+            .build()
+            .is_err()
+    );
+}
+
+#[test]
+fn clear_site_data_renders_once_and_rejects_nothing() {
+    let v = ClearSiteData::new([
+        ClearSiteDataType::Cookies,
+        ClearSiteDataType::Cookies,
+        ClearSiteDataType::ExecutionContexts,
+    ])
+    .unwrap();
+    assert_eq!(v.header_value(), r#""cookies", "executionContexts""#);
+    assert!(ClearSiteData::new([]).is_err());
+    let mut h = HeaderMap::new();
+    ClearSiteData::all().apply(&mut h);
+    assert_eq!(h["clear-site-data"], r#""*""#);
+}

@@ -571,3 +571,95 @@ mod tests {
         assert_eq!(p.render().unwrap(), "camera=(), fullscreen=(self)");
     }
 }
+
+header_enum! {
+    /// One data type of `Clear-Site-Data` (W3C Clear Site Data), quoted as sent.
+    pub enum ClearSiteDataType {
+        /// The browser's HTTP cache for the origin.
+        Cache => "\"cache\"",
+        /// Cookies of the origin's registrable domain (HTTP authentication too).
+        Cookies => "\"cookies\"",
+        /// DOM storage: local and session storage, IndexedDB, service workers…
+        Storage => "\"storage\"",
+        /// Reloads the origin's browsing contexts.
+        ExecutionContexts => "\"executionContexts\"",
+        /// Every type above.
+        All => "\"*\"",
+    }
+}
+
+/// A `Clear-Site-Data` response header (W3C Clear Site Data), rendered once, for logout
+/// responses: the browser drops the origin's cookies, storage and cache, so nothing of the
+/// signed-out user stays on a shared computer.
+///
+/// # Example
+///
+/// A logout handler adds it to its response:
+///
+/// ```
+/// use http::Response;
+/// use tower_rampart::security_headers::{ClearSiteData, ClearSiteDataType};
+///
+/// // Built once (e.g. in a `static` or the app state), not per request.
+/// let logout = ClearSiteData::new([ClearSiteDataType::Cache, ClearSiteDataType::Cookies, ClearSiteDataType::Storage])
+///     .unwrap();
+///
+/// fn log_out(clear: &ClearSiteData) -> Response<String> {
+///     let mut res = Response::new("signed out".to_owned());
+///     clear.apply(res.headers_mut());
+///     res
+/// }
+/// let res = log_out(&logout);
+/// assert_eq!(res.headers()["clear-site-data"], r#""cache", "cookies", "storage""#);
+/// assert_eq!(ClearSiteData::all().header_value(), r#""*""#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearSiteData(http::HeaderValue);
+
+impl ClearSiteData {
+    /// The header clearing `types` (each sent once, in the order given).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `types` is empty (a header that clears nothing).
+    pub fn new(types: impl IntoIterator<Item = ClearSiteDataType>) -> Result<Self, ConfigError> {
+        let mut seen: Vec<ClearSiteDataType> = Vec::new();
+        for t in types {
+            if !seen.contains(&t) {
+                seen.push(t);
+            }
+        }
+        if seen.is_empty() {
+            return Err(ConfigError::new(
+                "Clear-Site-Data needs at least one type: use e.g. \
+                 ClearSiteData::new([ClearSiteDataType::Cookies]) or ClearSiteData::all()",
+            ));
+        }
+        let text = seen
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Self(http::HeaderValue::from_str(&text).map_err(|_| {
+            ConfigError::new("Clear-Site-Data value is not a valid header value")
+        })?))
+    }
+
+    /// `Clear-Site-Data: "*"`: every type.
+    pub fn all() -> Self {
+        Self(http::HeaderValue::from_static("\"*\""))
+    }
+
+    /// The rendered header value.
+    pub fn header_value(&self) -> &http::HeaderValue {
+        &self.0
+    }
+
+    /// Sets the header on a response's headers (replacing any earlier one).
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        headers.insert(
+            http::HeaderName::from_static("clear-site-data"),
+            self.0.clone(),
+        );
+    }
+}

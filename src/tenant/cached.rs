@@ -25,7 +25,10 @@ use crate::error::ConfigError;
 
 #[derive(Clone)]
 struct Cached<T> {
-    value: Option<T>,
+    /// A found tenant, an unknown identifier, or the store's error (shared by clone).
+    value: Result<Option<T>, StoreError>,
+    /// The value of `CachedInner::loads` when this load finished.
+    load: u64,
     expires_at: Instant,
 }
 
@@ -51,6 +54,9 @@ pub struct CacheConfig {
     pub negative_ttl_secs: u64,
     /// The most identifiers cached at once. By default, 10 000.
     pub max_capacity: u64,
+    /// Milliseconds a store error stays cached, so a failing store is asked at most once
+    /// per identifier and period (0 disables it). By default, 2 000.
+    pub error_ttl_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -59,6 +65,7 @@ impl Default for CacheConfig {
             ttl_secs: 60,
             negative_ttl_secs: 5,
             max_capacity: 10_000,
+            error_ttl_ms: 2_000,
         }
     }
 }
@@ -99,11 +106,13 @@ impl CacheStats {
 /// - Found tenants are cached for `ttl` (by default 60 s), unknown identifiers for the
 ///   shorter `negative_ttl` (by default 5 s), so a flood of made-up identifiers does not
 ///   reach the database more than once per identifier and `negative_ttl`.
-/// - Store errors are never cached.
+/// - Store errors are cached for the shortest period, `error_ttl` (by default 2 s): a
+///   store that is down is asked at most once per identifier and period.
 /// - Bounded: at most `max_capacity` identifiers (by default 10 000), evicted by moka's
 ///   TinyLFU policy.
-/// - Single-flight: concurrent lookups of one identifier that miss call the backing store
-///   once; the others wait for that result (moka's per-key serialised compute).
+/// - Single-flight, on success and on failure: concurrent lookups of one identifier that
+///   miss call the backing store once; the others wait for that result or share its error
+///   (moka's per-key serialised compute), even when `error_ttl` is zero.
 /// - Expiry is measured on [`tokio::time::Instant`], so tests can `pause()` and
 ///   `advance()` time. Clones share the cache.
 ///
@@ -137,6 +146,10 @@ struct CachedInner<St: TenantStore> {
     cache: Cache<TenantId, Cached<St::Tenant>>,
     ttl: Duration,
     negative_ttl: Duration,
+    error_ttl: Duration,
+    /// Store loads finished so far: a waiter that saw fewer before it asked shares the
+    /// answer of a load that finished while it waited.
+    loads: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -178,6 +191,7 @@ pub struct CachedStoreBuilder<St> {
     store: St,
     ttl: Duration,
     negative_ttl: Duration,
+    error_ttl: Duration,
     max_capacity: u64,
 }
 
@@ -186,6 +200,7 @@ impl<St> fmt::Debug for CachedStoreBuilder<St> {
         f.debug_struct("CachedStoreBuilder")
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
+            .field("error_ttl", &self.error_ttl)
             .field("max_capacity", &self.max_capacity)
             .finish_non_exhaustive()
     }
@@ -205,7 +220,18 @@ impl<St: TenantStore> CachedStoreBuilder<St> {
         self
     }
 
-    /// The most identifiers kept at once. By default, 10 000.
+    /// How long a store error stays cached; zero disables it. By default, 2 seconds.
+    ///
+    /// Concurrent lookups of one identifier share one store call whatever this is; this
+    /// bounds how often a failing store is asked afterwards (once per identifier and
+    /// period), so a database that is down is not hammered by every request.
+    pub fn error_ttl(mut self, ttl: Duration) -> Self {
+        self.error_ttl = ttl;
+        self
+    }
+
+    /// The most identifiers kept at once (found, unknown and failed alike). By default,
+    /// 10 000.
     pub fn max_capacity(mut self, n: u64) -> Self {
         self.max_capacity = n;
         self
@@ -216,6 +242,7 @@ impl<St: TenantStore> CachedStoreBuilder<St> {
         self.ttl = Duration::from_secs(config.ttl_secs);
         self.negative_ttl = Duration::from_secs(config.negative_ttl_secs);
         self.max_capacity = config.max_capacity;
+        self.error_ttl = Duration::from_millis(config.error_ttl_ms);
         self
     }
 
@@ -223,8 +250,8 @@ impl<St: TenantStore> CachedStoreBuilder<St> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `ttl` is zero, `negative_ttl` exceeds `ttl`, or
-    /// `max_capacity` is zero.
+    /// [`ConfigError`] when `ttl` is zero, `negative_ttl` or `error_ttl` exceeds `ttl`,
+    /// or `max_capacity` is zero.
     pub fn build(self) -> Result<CachedStore<St>, ConfigError> {
         let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
         if ttl.is_zero() {
@@ -236,6 +263,13 @@ impl<St: TenantStore> CachedStoreBuilder<St> {
             return Err(ConfigError::new(format!(
                 "tenant cache negative_ttl ({negative_ttl:?}) must not exceed ttl ({ttl:?}): \
                  unknown identifiers should expire sooner, e.g. .negative_ttl(Duration::from_secs(5))"
+            )));
+        }
+        if self.error_ttl > ttl {
+            return Err(ConfigError::new(format!(
+                "tenant cache error_ttl ({:?}) must not exceed ttl ({ttl:?}): store errors \
+                 should expire sooner, e.g. .error_ttl(Duration::from_secs(2))",
+                self.error_ttl
             )));
         }
         if self.max_capacity == 0 {
@@ -255,6 +289,8 @@ impl<St: TenantStore> CachedStoreBuilder<St> {
                 cache,
                 ttl,
                 negative_ttl,
+                error_ttl: self.error_ttl,
+                loads: AtomicU64::new(0),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             }),
@@ -270,6 +306,7 @@ impl<St: TenantStore> CachedStore<St> {
             store,
             ttl: Duration::from_secs(d.ttl_secs),
             negative_ttl: Duration::from_secs(d.negative_ttl_secs),
+            error_ttl: Duration::from_millis(d.error_ttl_ms),
             max_capacity: d.max_capacity,
         }
     }
@@ -299,42 +336,46 @@ impl<St: TenantStore> CachedStore<St> {
 
     async fn lookup_cached(&self, id: &TenantId) -> Result<Option<St::Tenant>, StoreError> {
         let inner = &*self.inner;
+        let asked = inner.loads.load(Ordering::Acquire);
         if let Some(c) = inner.cache.get(id).await
             && c.expires_at > Instant::now()
         {
             self.hit();
-            return Ok(c.value);
+            return c.value;
         }
         let result = inner
             .cache
             .entry_by_ref(id)
-            .and_try_compute_with(|current| async move {
-                if let Some(c) = current
-                    && c.value().expires_at > Instant::now()
-                {
-                    // Another caller loaded it while we waited: single-flight.
-                    return Ok(Op::Nop);
+            .and_compute_with(|current| async move {
+                if let Some(c) = current {
+                    let c = c.value();
+                    // Another caller loaded it while we waited (single-flight): use its
+                    // answer, an error included, even if already expired (error_ttl 0).
+                    if c.expires_at > Instant::now() || c.load > asked {
+                        return Op::Nop;
+                    }
                 }
                 inner.misses.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("rampart_tenant_cache_total", "result" => "miss").increment(1);
-                let value = inner.store.lookup(id).await?;
-                let ttl = if value.is_some() {
-                    inner.ttl
-                } else {
-                    inner.negative_ttl
+                let value = inner.store.lookup(id).await;
+                let ttl = match value {
+                    Ok(Some(_)) => inner.ttl,
+                    Ok(None) => inner.negative_ttl,
+                    Err(_) => inner.error_ttl,
                 };
-                Ok::<_, StoreError>(Op::Put(Cached {
+                Op::Put(Cached {
                     value,
+                    load: inner.loads.fetch_add(1, Ordering::AcqRel) + 1,
                     expires_at: Instant::now() + ttl,
-                }))
+                })
             })
-            .await?;
+            .await;
         match result {
             CompResult::Unchanged(e) => {
                 self.hit();
-                Ok(e.into_value().value)
+                e.into_value().value
             }
-            CompResult::Inserted(e) | CompResult::ReplacedWith(e) => Ok(e.into_value().value),
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) => e.into_value().value,
             CompResult::StillNone(_) | CompResult::Removed(_) => Ok(None),
         }
     }

@@ -1,6 +1,6 @@
 //! The layer: configuration, builder and the resolved tenant type.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use tower_layer::Layer;
@@ -117,6 +117,9 @@ pub struct TenantConfig {
     /// Whether a tenant that differs from the principal's is refused (403). By default,
     /// `true`.
     pub check_principal: bool,
+    /// Milliseconds a store lookup may take before the request is answered 503. By
+    /// default, 2 000.
+    pub lookup_timeout_ms: u64,
 }
 
 impl Default for TenantConfig {
@@ -128,6 +131,7 @@ impl Default for TenantConfig {
             bypass: Vec::new(),
             max_id_len: DEFAULT_MAX_ID_LEN,
             check_principal: true,
+            lookup_timeout_ms: 2_000,
         }
     }
 }
@@ -141,6 +145,7 @@ pub(crate) struct Shared<St> {
     pub(crate) identity: IdentityReader,
     pub(crate) check_principal: bool,
     pub(crate) store: St,
+    pub(crate) lookup_timeout: Duration,
     pub(crate) responder: Arc<dyn RejectionResponder>,
 }
 
@@ -264,6 +269,7 @@ impl<St: TenantStore> TenantLayer<St> {
             max_len: DEFAULT_MAX_ID_LEN,
             identity: None,
             check_principal: true,
+            lookup_timeout: Duration::from_millis(2_000),
             responder: Arc::new(DefaultResponder),
         }
     }
@@ -298,6 +304,7 @@ pub struct TenantLayerBuilder<St> {
     max_len: usize,
     identity: Option<IdentityReader>,
     check_principal: bool,
+    lookup_timeout: Duration,
     responder: Arc<dyn RejectionResponder>,
 }
 
@@ -436,6 +443,14 @@ impl<St: TenantStore> TenantLayerBuilder<St> {
         self
     }
 
+    /// How long a store lookup may take: a slower store answers 503 JSON with
+    /// `Retry-After` (as a store error does) instead of holding the request. By default,
+    /// 2 seconds.
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.lookup_timeout = timeout;
+        self
+    }
+
     /// How rejections become responses. By default, [`DefaultResponder`] (JSON 400,
     /// 403, 404, 503).
     pub fn responder(mut self, responder: impl RejectionResponder) -> Self {
@@ -454,6 +469,7 @@ impl<St: TenantStore> TenantLayerBuilder<St> {
         self.bypass.extend(config.bypass.iter().cloned());
         self.max_len = config.max_id_len;
         self.check_principal = config.check_principal;
+        self.lookup_timeout = Duration::from_millis(config.lookup_timeout_ms);
         self
     }
 
@@ -463,7 +479,8 @@ impl<St: TenantStore> TenantLayerBuilder<St> {
     ///
     /// [`ConfigError`] for an invalid template, header name, base domain, fallback or
     /// bypass prefix; when no strategy and no fallback is configured; or when the claim
-    /// strategy is used without [`identity`](Self::identity).
+    /// strategy is used without [`identity`](Self::identity); when `lookup_timeout` is
+    /// zero.
     pub fn build(self) -> Result<TenantLayer<St>, ConfigError> {
         if let Some(e) = self.error {
             return Err(e);
@@ -495,6 +512,12 @@ impl<St: TenantStore> TenantLayerBuilder<St> {
                  .principal::<YourClaims>() or .identity(IdentityReader::new().user::<YourClaims>())",
             ));
         }
+        if self.lookup_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "tenant lookup_timeout must be positive: use e.g. \
+                 .lookup_timeout(Duration::from_secs(2))",
+            ));
+        }
         for p in &self.bypass {
             if !p.starts_with('/') || p.contains("..") || p.contains('%') {
                 return Err(ConfigError::new(format!(
@@ -513,6 +536,7 @@ impl<St: TenantStore> TenantLayerBuilder<St> {
                 identity: self.identity.unwrap_or_default(),
                 check_principal: self.check_principal,
                 store: self.store,
+                lookup_timeout: self.lookup_timeout,
                 responder: self.responder,
             }),
         })

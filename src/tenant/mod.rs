@@ -18,7 +18,7 @@
 //! | malformed identifier or host | 400 `Invalid tenant` | `Invalid` |
 //! | the principal's tenant differs (anti-spoofing) | 403 `Forbidden tenant` | `Forbidden` |
 //! | store says "no such tenant" | 404 `Unknown tenant` | `Unknown` |
-//! | store failed | 503 `Tenant lookup unavailable`, `Retry-After: 1` | `StoreUnavailable` |
+//! | store failed or exceeded `lookup_timeout` (2 s) | 503 `Tenant lookup unavailable`, `Retry-After: 1` | `StoreUnavailable` |
 //! | bypass route (`/health`, `/metrics`) | inner service, no resolution | – |
 //!
 //! Bodies are [`JsonError`](crate::error::JsonError)s; swap them with

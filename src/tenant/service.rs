@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::{
     layer::{Decision, ResolvedTenant, Shared},
     rejection::TenantRejection,
-    store::TenantStore,
+    store::{StoreError, TenantStore},
     strategy::StrategyKind,
 };
 use crate::{body::ResponseBody, log_safe::Escaped};
@@ -146,7 +146,14 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::lookup(Box::pin(async move {
             let started = Instant::now();
-            let found = shared.store.lookup(&id).await;
+            let found = tokio::time::timeout(shared.lookup_timeout, shared.store.lookup(&id))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::new(format!(
+                        "tenant store lookup timed out after {:?}",
+                        shared.lookup_timeout
+                    )))
+                });
             metrics::histogram!("rampart_tenant_store_lookup_seconds")
                 .record(started.elapsed().as_secs_f64());
             match found {
@@ -158,7 +165,7 @@ where
                 }
                 Ok(None) => Err(shared.reject(&TenantRejection::unknown(kind, id))),
                 Err(e) => {
-                    tracing::warn!(error = %e, tenant = %id, "tenant store lookup failed");
+                    tracing::warn!(error = ?e, tenant = ?id, "tenant store lookup failed");
                     Err(shared.reject(&TenantRejection::store(kind, id, e)))
                 }
             }

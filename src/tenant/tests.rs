@@ -585,18 +585,68 @@ async fn negative_caching_uses_the_shorter_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn store_errors_are_not_cached() {
+async fn store_errors_are_cached_briefly() {
     let st = store();
     let c = cached(st.clone());
     let acme = TenantId::parse("acme").unwrap();
     st.fail.store(true, Ordering::SeqCst);
     assert!(c.lookup(&acme).await.is_err());
     st.fail.store(false, Ordering::SeqCst);
+    assert!(
+        c.lookup(&acme).await.is_err(),
+        "the error is cached for error_ttl"
+    );
+    assert_eq!(st.calls(), 1);
+    tokio::time::advance(Duration::from_millis(2_001)).await;
     assert_eq!(
         c.lookup(&acme).await.unwrap().as_deref(),
         Some("acme-value")
     );
-    assert_eq!(st.calls(), 2);
+    assert_eq!(st.calls(), 2, "retried after error_ttl");
+
+    // Error caching disabled: the next lookup retries at once.
+    let st2 = store();
+    let c2 = CachedStore::builder(st2.clone())
+        .error_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    st2.fail.store(true, Ordering::SeqCst);
+    assert!(c2.lookup(&acme).await.is_err());
+    assert!(c2.lookup(&acme).await.is_err());
+    assert_eq!(st2.calls(), 2);
+}
+
+/// Issue 17: 10 concurrent lookups of one tenant against a store failing after 100 ms
+/// made 10 store calls, one after the other (the last caller waited 1 s).
+#[tokio::test(start_paused = true)]
+async fn concurrent_lookups_share_one_failing_store_call() {
+    for error_ttl in [Duration::from_secs(2), Duration::ZERO] {
+        let st = Counting {
+            delay: Some(Duration::from_millis(100)),
+            ..store()
+        };
+        st.fail.store(true, Ordering::SeqCst);
+        let c = CachedStore::builder(st.clone())
+            .error_ttl(error_ttl)
+            .build()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let c = c.clone();
+            set.spawn(async move { c.lookup(&TenantId::parse("acme").unwrap()).await });
+        }
+        while let Some(r) = set.join_next().await {
+            let e = r.unwrap().unwrap_err();
+            assert_eq!(e.to_string(), "database is down", "the error is shared");
+        }
+        assert_eq!(st.calls(), 1, "single-flight on failure ({error_ttl:?})");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100),
+            "every caller answered after one store call"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -769,7 +819,7 @@ proptest! {
             S::Path => path.as_ref(),
             S::Claim => claim.as_ref(),
         });
-        let res = tokio::runtime::Builder::new_current_thread().build().unwrap()
+        let res = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
             .block_on(svc.oneshot(r)).unwrap();
         match first.map(|raw| TenantId::parse(raw)) {
             None => prop_assert_eq!(res.status(), StatusCode::BAD_REQUEST),
@@ -808,4 +858,50 @@ impl UserIdentity for Owned {
     fn tenant_id(&self) -> Option<&str> {
         Some(&self.0)
     }
+}
+
+/// Issue 17: the layer had no timeout of its own; a hung store held every request.
+#[tokio::test(start_paused = true)]
+async fn slow_store_answers_503_after_the_lookup_timeout() {
+    let st = Counting {
+        delay: Some(Duration::from_secs(30)),
+        ..Counting::with(&["acme"])
+    };
+    let build = |b: TenantLayerBuilder<Counting>| {
+        b.host("{tenant}.example.com")
+            .build()
+            .unwrap()
+            .layer(service_fn(|_req: Request<()>| async move {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }))
+    };
+    // By default, 2 s.
+    let started = tokio::time::Instant::now();
+    let res = build(TenantLayer::builder(st.clone()))
+        .oneshot(req("/", &[("host", "acme.example.com")]))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let r = res.extensions().get::<TenantRejection>().unwrap();
+    assert_eq!(r.kind(), RejectionKind::StoreUnavailable);
+    assert!(r.store_error().unwrap().to_string().contains("timed out"));
+
+    // Configured.
+    let started = tokio::time::Instant::now();
+    let res = build(TenantLayer::builder(st.clone()).lookup_timeout(Duration::from_millis(300)))
+        .oneshot(req("/", &[("host", "acme.example.com")]))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        TenantLayer::builder(st)
+            .host("{tenant}.example.com")
+            .lookup_timeout(Duration::ZERO)
+            .build()
+            .is_err()
+    );
 }

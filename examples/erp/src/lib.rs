@@ -557,6 +557,8 @@ fn security_headers(resolver: &ClientIpResolver, behind_https: bool) -> Security
     };
     SecurityHeadersLayer::recommended()
         .client_ip_resolver(resolver.clone())
+        // Signed-in pages (bearer token or session cookie) get `Cache-Control: no-store`.
+        .session_cookie(auth::SESSION_COOKIE)
         .csp(if behind_https {
             strict
         } else {
