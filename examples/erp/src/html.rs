@@ -24,6 +24,7 @@ use crate::{
 
 /// The per-request CSP nonce the security-headers layer inserts (128 random bits).
 pub use tower_rampart::csp::CspNonce;
+use tower_rampart::security_headers::{ClearSiteData, ClearSiteDataType};
 
 /// The HTML routes.
 pub fn router() -> Router<AppState> {
@@ -175,7 +176,7 @@ pub async fn login(
 }
 
 /// `POST /accounts/logout/`: ends the user's sessions on every instance (the session
-/// epoch in the database) and clears the cookie.
+/// epoch in the database), clears the cookie and sends `Clear-Site-Data`.
 ///
 /// # Errors
 ///
@@ -190,6 +191,16 @@ pub async fn logout(
         auth::end_sessions(&state, &p.tenant, &p.user_id).await?;
     }
     let mut res = Redirect::to("/accounts/login/").into_response();
+    // The browser drops the origin's cache, cookies and storage (W3C Clear Site Data).
+    static CLEAR: std::sync::LazyLock<ClearSiteData> = std::sync::LazyLock::new(|| {
+        ClearSiteData::new([
+            ClearSiteDataType::Cache,
+            ClearSiteDataType::Cookies,
+            ClearSiteDataType::Storage,
+        ])
+        .expect("a non-empty list")
+    });
+    CLEAR.apply(res.headers_mut());
     res.headers_mut().insert(
         header::SET_COOKIE,
         auth::session_cookie(

@@ -215,6 +215,10 @@ async fn session_dashboard_logout() {
         .await;
     assert_eq!(res.status, 303);
     assert_eq!(res.headers["location"], "/accounts/login/");
+    assert_eq!(
+        res.headers["clear-site-data"], "\"cache\", \"cookies\", \"storage\"",
+        "the browser drops what the signed-out user left"
+    );
     assert!(
         res.headers["set-cookie"]
             .to_str()
