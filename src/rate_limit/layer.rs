@@ -81,7 +81,7 @@ impl RateLimitLayer {
     /// sign-ins per account (keyed by tenant and user name from a form body).
     ///
     /// The key is counted in the policy's own namespace (a `Key::User` policy checked
-    /// with `"alice"` shares alice's bucket); give the policy [`Key::Direct`] to use it
+    /// with `"alice"` shares alice's bucket); give the policy [`Key::Direct`](super::Key::Direct) to use it
     /// only here.
     ///
     /// # Errors
