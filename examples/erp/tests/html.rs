@@ -203,16 +203,7 @@ async fn session_dashboard_logout() {
         )
         .await;
     res.error(403);
-    let res = t
-        .send(
-            Request::post("/accounts/logout/")
-                .header("cookie", cookie.clone())
-                .header("host", "localhost:8080")
-                .header("origin", "http://localhost:8080")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let res = t.send(logout_request(&cookie)).await;
     assert_eq!(res.status, 303);
     assert_eq!(res.headers["location"], "/accounts/login/");
     assert_eq!(
@@ -299,16 +290,7 @@ async fn logout_ends_the_session_everywhere() {
             .unwrap()
     };
     assert_eq!(t.send(dashboard(&cookie)).await.status, 200);
-    let res = t
-        .send(
-            Request::post("/accounts/logout/")
-                .header("cookie", cookie.clone())
-                .header("host", "localhost:8080")
-                .header("origin", "http://localhost:8080")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let res = t.send(logout_request(&cookie)).await;
     assert_eq!(res.status, 303);
     // The old cookie (replayed, as a thief would) and the user's other session are
     // over: a second app over the same database (another instance) agrees.
@@ -397,4 +379,14 @@ async fn cookies_are_secure_over_https_or_by_env() {
             .unwrap()
             .contains("Secure")
     );
+}
+
+/// A same-origin `POST /accounts/logout/` with the session cookie.
+fn logout_request(cookie: &str) -> Request<Body> {
+    Request::post("/accounts/logout/")
+        .header("cookie", cookie)
+        .header("host", "localhost:8080")
+        .header("origin", "http://localhost:8080")
+        .body(Body::empty())
+        .unwrap()
 }
